@@ -1,0 +1,38 @@
+//! Broker backends, one module each, and [`connect`] to pick one from a configuration.
+
+pub mod memory;
+pub mod null;
+
+use std::sync::Arc;
+
+use crate::broker::SharedBroker;
+use crate::config::BrokerConfig;
+use crate::error::{Error, Result};
+
+/// Connects to the broker `config` describes.
+///
+/// `memory://NAME` URLs reach the process-wide embedded broker of that name, so a producer and
+/// a consumer configured separately in one process see the same messages.
+pub async fn connect(config: &BrokerConfig) -> Result<SharedBroker> {
+    match config {
+        BrokerConfig::Memory(memory) => Ok(Arc::new(memory::MemoryBroker::shared(memory.clone()))),
+        BrokerConfig::Null => Ok(Arc::new(null::NullBroker::new())),
+        BrokerConfig::Kafka(_) => Err(Error::BackendNotEnabled {
+            backend: "kafka",
+            feature: "kafka",
+        }),
+        BrokerConfig::RabbitMq(_) => Err(Error::BackendNotEnabled {
+            backend: "rabbitmq",
+            feature: "rabbitmq",
+        }),
+        BrokerConfig::Redis(_) => Err(Error::BackendNotEnabled {
+            backend: "redis",
+            feature: "redis",
+        }),
+    }
+}
+
+/// Parses `url` and connects to it.
+pub async fn connect_url(url: &str) -> Result<SharedBroker> {
+    connect(&BrokerConfig::parse(url)?).await
+}

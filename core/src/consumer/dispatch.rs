@@ -1,0 +1,180 @@
+//! Runs handlers: one task per keyless message, one lane per key so a key's messages run in
+//! order while different keys run concurrently.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{ConsumerStats, Handler, HandlerError, RetryPolicy};
+use crate::delivery::Delivery;
+use crate::error::Result;
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub received: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    rejected: AtomicU64,
+    released: AtomicU64,
+    settle_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> ConsumerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ConsumerStats {
+            received: get(&self.received),
+            succeeded: get(&self.succeeded),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            rejected: get(&self.rejected),
+            released: get(&self.released),
+            settle_errors: get(&self.settle_errors),
+        }
+    }
+}
+
+/// A delivery and the concurrency slot it holds until it is settled.
+type Slotted = (Delivery, OwnedSemaphorePermit);
+
+pub(super) struct Dispatcher {
+    handler: Arc<dyn Handler>,
+    retry: RetryPolicy,
+    tracker: TaskTracker,
+    abort: CancellationToken,
+    counters: Arc<Counters>,
+    /// Deliveries waiting behind a running delivery with the same key.
+    lanes: Mutex<HashMap<String, VecDeque<Slotted>>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        handler: Arc<dyn Handler>,
+        retry: RetryPolicy,
+        tracker: TaskTracker,
+        abort: CancellationToken,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Dispatcher {
+            handler,
+            retry,
+            tracker,
+            abort,
+            counters,
+            lanes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Starts handling `delivery` now, or queues it behind the running one with its key.
+    pub fn dispatch(self: &Arc<Self>, delivery: Delivery, slot: OwnedSemaphorePermit) {
+        let Some(key) = delivery.message.key.clone() else {
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                this.process(delivery).await;
+                drop(slot);
+            });
+            return;
+        };
+        {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(waiting) = lanes.get_mut(&key) {
+                waiting.push_back((delivery, slot));
+                return;
+            }
+            lanes.insert(key.clone(), VecDeque::new());
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let mut next = Some((delivery, slot));
+            while let Some((delivery, slot)) = next.take() {
+                this.process(delivery).await;
+                drop(slot);
+                let mut lanes = this.lanes.lock().unwrap_or_else(|e| e.into_inner());
+                match lanes.get_mut(&key).and_then(VecDeque::pop_front) {
+                    Some(queued) => next = Some(queued),
+                    None => {
+                        lanes.remove(&key);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs the handler and settles the delivery by its outcome.
+    async fn process(&self, delivery: Delivery) {
+        if self.abort.is_cancelled() {
+            self.give_back(delivery).await;
+            return;
+        }
+        let outcome = tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => None,
+            result = AssertUnwindSafe(self.handler.handle(&delivery)).catch_unwind() => Some(result),
+        };
+        let settled = match outcome {
+            None => {
+                self.give_back(delivery).await;
+                return;
+            }
+            Some(Ok(Ok(()))) => {
+                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                delivery.ack().await
+            }
+            Some(Ok(Err(err))) => self.fail(delivery, err).await,
+            Some(Err(panic)) => {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                let err = HandlerError::retryable(format!("handler panicked: {reason}"))
+                    .with_kind("panic");
+                self.fail(delivery, err).await
+            }
+        };
+        if let Err(err) = settled {
+            self.counters.settle_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "settling a delivery failed; the broker will deliver it again");
+        }
+    }
+
+    async fn fail(&self, delivery: Delivery, err: HandlerError) -> Result<()> {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        let attempt = delivery.attempt;
+        if !err.permanent && self.retry.allows_retry(attempt) {
+            let delay = self.retry.delay_for(attempt);
+            tracing::warn!(
+                id = %delivery.message.id, topic = %delivery.message.topic, attempt, ?delay,
+                error = %err, "handler failed; retrying"
+            );
+            self.counters.retried.fetch_add(1, Ordering::Relaxed);
+            delivery.nack(Some(delay)).await
+        } else {
+            tracing::error!(
+                id = %delivery.message.id, topic = %delivery.message.topic, attempt,
+                permanent = err.permanent, error = %err, "handler failed; rejecting the message"
+            );
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            delivery.reject().await
+        }
+    }
+
+    async fn give_back(&self, delivery: Delivery) {
+        self.counters.released.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = delivery.release().await {
+            self.counters.settle_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "releasing a delivery failed; the broker will deliver it again");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! What the consumer runtime calls for each message.
+
+use async_trait::async_trait;
+
+use crate::delivery::{Delivery, DeliveryMeta};
+use crate::message::Message;
+
+/// Why a handler failed, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    /// What went wrong (it travels to logs and, later, dead-letter headers).
+    pub message: String,
+    /// The kind of error (an exception class name, an error type), if known.
+    pub kind: Option<String>,
+    /// True when retrying cannot help (bad input): the message is rejected at once.
+    pub permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure worth retrying under the consumer's retry policy.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        HandlerError {
+            message: message.into(),
+            kind: None,
+            permanent: false,
+        }
+    }
+
+    /// A failure no retry can fix: the message is rejected without retrying.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError {
+            permanent: true,
+            ..HandlerError::retryable(message)
+        }
+    }
+
+    /// Names the kind of error.
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+}
+
+impl From<crate::Error> for HandlerError {
+    fn from(err: crate::Error) -> Self {
+        let permanent = matches!(
+            err,
+            crate::Error::Codec(_) | crate::Error::InvalidMessage(_)
+        );
+        HandlerError {
+            message: err.to_string(),
+            kind: Some("polybus::Error".into()),
+            permanent,
+        }
+    }
+}
+
+/// Processes one message: `Ok` acknowledges it, `Err` applies the retry policy.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one delivery. It must not settle the delivery: the runtime does.
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError>;
+}
+
+/// A received message as handed to a closure handler.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The message.
+    pub message: Message,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    /// Broker metadata.
+    pub meta: DeliveryMeta,
+}
+
+/// A [`Handler`] made from an async closure; see [`handler_fn`].
+pub struct FnHandler<F>(F);
+
+/// Makes a handler from an async closure taking a [`Received`].
+pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
+where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    FnHandler(f)
+}
+
+#[async_trait]
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        (self.0)(Received {
+            message: delivery.message.clone(),
+            attempt: delivery.attempt,
+            meta: delivery.meta.clone(),
+        })
+        .await
+    }
+}

@@ -1,0 +1,139 @@
+//! A received message together with the means to acknowledge it exactly once.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::message::Message;
+
+/// Broker-specific facts about one delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryMeta {
+    /// Kafka partition (or the memory broker's single partition, 0).
+    pub partition: Option<i32>,
+    /// Kafka offset or memory log offset.
+    pub offset: Option<i64>,
+    /// AMQP delivery tag.
+    pub delivery_tag: Option<u64>,
+    /// Redis stream entry id.
+    pub stream_id: Option<String>,
+    /// The broker says this message was delivered before.
+    pub redelivered: bool,
+    /// Consumer group (or queue) this delivery came through.
+    pub group: Option<String>,
+}
+
+/// How a delivery ends. Each delivery is settled exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Processed: remove it / commit past it.
+    Ack,
+    /// Failed: deliver it again (after `delay`), counting one more attempt.
+    Requeue {
+        /// How long to wait before the next delivery; `None` means at once.
+        delay: Option<Duration>,
+    },
+    /// Failed for good: do not deliver again (the broker's dead-letter route applies).
+    Reject,
+    /// Not processed (shutdown or dropped unsettled): deliver again without counting an attempt.
+    Release,
+}
+
+/// The backend side of a delivery: settles it on the broker.
+#[async_trait]
+pub trait Acknowledger: Send + Sync + 'static {
+    /// Settles the delivery on the broker.
+    async fn settle(self: Box<Self>, outcome: Settlement) -> Result<()>;
+
+    /// Settles with [`Settlement::Release`] without waiting; called when a delivery is dropped
+    /// unsettled. The default spawns `settle` on the current tokio runtime, if there is one.
+    fn release_on_drop(self: Box<Self>) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(err) = self.settle(Settlement::Release).await {
+                    tracing::warn!(error = %err, "releasing a dropped delivery failed");
+                }
+            });
+        }
+    }
+}
+
+/// A message received from a broker. Settle it with [`ack`](Delivery::ack),
+/// [`nack`](Delivery::nack) or [`reject`](Delivery::reject); each consumes the delivery, so a
+/// delivery cannot be settled twice. A delivery dropped unsettled is released: the broker
+/// delivers it again (at-least-once).
+pub struct Delivery {
+    /// The message as published.
+    pub message: Message,
+    /// 1 on the first delivery, raised by one for each redelivery after a failure.
+    pub attempt: u32,
+    /// Broker-specific metadata.
+    pub meta: DeliveryMeta,
+    acker: Option<Box<dyn Acknowledger>>,
+}
+
+impl Delivery {
+    /// A delivery settled through `acker`.
+    pub fn new(
+        message: Message,
+        attempt: u32,
+        meta: DeliveryMeta,
+        acker: Box<dyn Acknowledger>,
+    ) -> Self {
+        Delivery {
+            message,
+            attempt,
+            meta,
+            acker: Some(acker),
+        }
+    }
+
+    /// Marks the message processed.
+    pub async fn ack(self) -> Result<()> {
+        self.settle(Settlement::Ack).await
+    }
+
+    /// Puts the message back to be delivered again after `delay` (at once when `None`).
+    pub async fn nack(self, delay: Option<Duration>) -> Result<()> {
+        self.settle(Settlement::Requeue { delay }).await
+    }
+
+    /// Refuses the message for good; it goes to the broker's dead-letter route if there is one.
+    pub async fn reject(self) -> Result<()> {
+        self.settle(Settlement::Reject).await
+    }
+
+    /// Gives the message back unprocessed, without counting an attempt.
+    pub async fn release(self) -> Result<()> {
+        self.settle(Settlement::Release).await
+    }
+
+    /// Settles the delivery with `outcome`.
+    pub async fn settle(mut self, outcome: Settlement) -> Result<()> {
+        match self.acker.take() {
+            Some(acker) => acker.settle(outcome).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            acker.release_on_drop();
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("attempt", &self.attempt)
+            .field("meta", &self.meta)
+            .field("settled", &self.acker.is_none())
+            .finish()
+    }
+}

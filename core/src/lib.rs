@@ -1,0 +1,44 @@
+//! Polybus: one messaging engine for Kafka, RabbitMQ, Redis and an embedded broker, shared by
+//! the Python and PHP bindings.
+//!
+//! ```no_run
+//! # async fn demo() -> polybus::Result<()> {
+//! use std::sync::Arc;
+//! use polybus::{Consumer, ConsumerOptions, HandlerError, Message, SubscriptionSpec, handler_fn};
+//!
+//! let broker = polybus::connect_url("memory://").await?;
+//! broker.publish(Message::json("orders.created", &serde_json::json!({"order_id": 1}))?).await?;
+//! let handler = handler_fn(|received| async move {
+//!     println!("got {}", received.message.payload_str().map_err(HandlerError::from)?);
+//!     Ok(())
+//! });
+//! let spec = SubscriptionSpec::new(["orders.created"], "billing");
+//! let consumer = Consumer::start(broker, spec, Arc::new(handler), ConsumerOptions::default()).await?;
+//! consumer.stop().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod broker;
+pub mod brokers;
+pub mod capabilities;
+pub mod config;
+pub mod consumer;
+pub mod delivery;
+pub mod error;
+pub mod message;
+pub mod subscription;
+
+pub use broker::{
+    Broker, PublishReceipt, Publisher, SharedBroker, StartPosition, Subscriber, SubscriptionSpec,
+};
+pub use brokers::{connect, connect_url};
+pub use capabilities::Capabilities;
+pub use config::{BrokerConfig, BrokerKind};
+pub use consumer::{
+    Consumer, ConsumerOptions, ConsumerStats, Handler, HandlerError, Received, RetryPolicy,
+    StopReport, handler_fn,
+};
+pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
+pub use error::{Error, Result};
+pub use message::{Headers, Message};
+pub use subscription::{DeliverySink, Subscription};

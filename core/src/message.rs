@@ -1,0 +1,232 @@
+//! The message model: what a producer sends and a consumer receives on every broker.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Message headers: string keys to string values, kept in key order.
+pub type Headers = BTreeMap<String, String>;
+
+/// Content type of JSON payloads (the default).
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// Content type of raw byte payloads.
+pub const CONTENT_TYPE_BYTES: &str = "application/octet-stream";
+/// Content type of UTF-8 text payloads.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
+
+/// Longest topic name accepted (Kafka's limit, the strictest of the brokers).
+pub const MAX_TOPIC_LEN: usize = 249;
+
+/// A message: an id, a topic, an optional key, headers, a payload and its content type.
+///
+/// Build one with [`Message::json`], [`Message::bytes`] or [`Message::text`], then refine it with
+/// the `with_*` methods. The id is a UUIDv7 (time ordered) unless set with [`Message::with_id`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Unique id, kept across brokers and retries (used for deduplication).
+    pub id: String,
+    /// Destination: Kafka topic, RabbitMQ routing key, Redis key or channel.
+    pub topic: String,
+    /// Ordering and partitioning key: messages with the same key keep their order.
+    pub key: Option<String>,
+    /// User headers.
+    pub headers: Headers,
+    /// The body, as bytes.
+    pub payload: Bytes,
+    /// MIME type of the payload.
+    pub content_type: String,
+    /// Creation time in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+impl Message {
+    /// A message with a raw byte payload (`application/octet-stream`).
+    pub fn bytes(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: new_message_id(),
+            topic: topic.into(),
+            key: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            content_type: CONTENT_TYPE_BYTES.to_owned(),
+            timestamp_ms: now_ms(),
+        }
+    }
+
+    /// A message with a UTF-8 text payload.
+    pub fn text(topic: impl Into<String>, text: impl Into<String>) -> Self {
+        Message::bytes(topic, text.into()).with_content_type(CONTENT_TYPE_TEXT)
+    }
+
+    /// A message whose payload is `value` serialized as JSON.
+    pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, value: &T) -> Result<Self> {
+        let body = serde_json::to_vec(value)?;
+        Ok(Message::bytes(topic, body).with_content_type(CONTENT_TYPE_JSON))
+    }
+
+    /// Sets the id (for example to keep the id of an upstream event).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the ordering key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds or replaces one header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the content type.
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = content_type.into();
+        self
+    }
+
+    /// Sets the timestamp (milliseconds since the Unix epoch).
+    pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = timestamp_ms;
+        self
+    }
+
+    /// Decodes the payload as JSON into `T`.
+    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|err| {
+            Error::Codec(format!(
+                "message {} on {:?} is not valid JSON for the expected type: {err}",
+                self.id, self.topic
+            ))
+        })
+    }
+
+    /// The payload as UTF-8 text.
+    pub fn payload_str(&self) -> Result<&str> {
+        std::str::from_utf8(&self.payload)
+            .map_err(|err| Error::Codec(format!("message {} is not UTF-8: {err}", self.id)))
+    }
+
+    /// Checks what every broker requires: a usable topic, a non-empty id, sane headers.
+    pub fn validate(&self) -> Result<()> {
+        validate_topic(&self.topic).map_err(Error::InvalidMessage)?;
+        if self.id.is_empty() {
+            return Err(Error::InvalidMessage("message id is empty".into()));
+        }
+        if self.id.len() > 255 || self.id.chars().any(char::is_control) {
+            return Err(Error::InvalidMessage(format!(
+                "message id {:?} must be at most 255 printable characters",
+                truncate(&self.id)
+            )));
+        }
+        for name in self.headers.keys() {
+            if name.is_empty() || name.chars().any(|c| c.is_control() || c == ':') {
+                return Err(Error::InvalidMessage(format!(
+                    "header name {name:?} must be non-empty, without ':' or control characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a topic name: non-empty, at most [`MAX_TOPIC_LEN`] bytes, no whitespace or control
+/// characters. Returns a message naming the problem.
+pub fn validate_topic(topic: &str) -> std::result::Result<(), String> {
+    if topic.is_empty() {
+        return Err("topic is empty".into());
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(format!(
+            "topic {:?} is {} bytes long; the limit is {MAX_TOPIC_LEN}",
+            truncate(topic),
+            topic.len()
+        ));
+    }
+    if let Some(bad) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "topic {topic:?} contains the character {bad:?}; whitespace and control characters are not allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// A new time-ordered message id (UUIDv7, hyphenated lowercase).
+pub fn new_message_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect::<String>() + if s.chars().count() > 40 { "…" } else { "" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_message_round_trips_its_payload() {
+        let msg = Message::json("orders.created", &serde_json::json!({"order_id": 1})).unwrap();
+        assert_eq!(msg.content_type, CONTENT_TYPE_JSON);
+        let value: serde_json::Value = msg.decode_json().unwrap();
+        assert_eq!(value["order_id"], 1);
+    }
+
+    #[test]
+    fn ids_are_uuid_v7_and_unique() {
+        let a = Message::bytes("t", "x");
+        let b = Message::bytes("t", "x");
+        assert_ne!(a.id, b.id);
+        let parsed = uuid::Uuid::parse_str(&a.id).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+    }
+
+    #[test]
+    fn validation_names_the_bad_part() {
+        let err = Message::bytes("", "x").validate().unwrap_err().to_string();
+        assert!(err.contains("topic is empty"), "{err}");
+        let err = Message::bytes("a b", "x")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("' '"), "{err}");
+        let err = Message::bytes("t", "x")
+            .with_header("bad:name", "v")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad:name"), "{err}");
+        let long = "t".repeat(MAX_TOPIC_LEN + 1);
+        let err = Message::bytes(long, "x")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("250 bytes"), "{err}");
+    }
+
+    #[test]
+    fn invalid_json_error_names_the_message() {
+        let msg = Message::bytes("t", "not json").with_id("m-1");
+        let err = msg
+            .decode_json::<serde_json::Value>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m-1"), "{err}");
+    }
+}
