@@ -41,6 +41,19 @@ pub trait Publisher: Send + Sync + 'static {
     async fn close(&self) -> Result<()>;
 }
 
+/// Publishes `messages` one after another: for in-process backends, where a publish does
+/// not wait on a network round trip. Network backends pipeline their batches instead.
+pub async fn publish_each<P: Publisher + ?Sized>(
+    publisher: &P,
+    messages: Vec<Message>,
+) -> Vec<Result<PublishReceipt>> {
+    let mut receipts = Vec::with_capacity(messages.len());
+    for message in messages {
+        receipts.push(publisher.publish(message).await);
+    }
+    receipts
+}
+
 /// The subscriber side of a broker.
 #[async_trait]
 pub trait Subscriber: Send + Sync + 'static {

@@ -16,8 +16,8 @@ pub struct Capabilities {
     pub acknowledgements: bool,
     /// `nack` puts a message back to be delivered again, with the attempt count raised.
     pub redelivery: bool,
-    /// `nack` with a delay is handled by the broker itself.
-    pub native_delay: bool,
+    /// `nack` with a delay is honoured: the redelivery waits at least that long.
+    pub delayed_redelivery: bool,
     /// A subscription can start from an offset or a timestamp in retained history.
     pub replay: bool,
     /// Headers travel as native broker headers rather than inside an envelope.

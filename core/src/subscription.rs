@@ -58,6 +58,8 @@ pub struct Subscription {
     rx: mpsc::Receiver<Result<Delivery>>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
+    /// An error met while a batch was being read, returned by the next read.
+    deferred_error: Option<Error>,
 }
 
 impl Subscription {
@@ -79,17 +81,24 @@ impl Subscription {
             rx,
             cancel,
             task: Some(task),
+            deferred_error: None,
         }
     }
 
     /// The next delivery; `None` once the subscription has ended.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        if let Some(err) = self.deferred_error.take() {
+            return Some(Err(err));
+        }
         self.rx.recv().await
     }
 
     /// Waits up to `wait` for at least one delivery, then takes up to `max` that are ready.
     /// An empty vector means nothing arrived in time. A fatal error is returned on its own.
     pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if let Some(err) = self.deferred_error.take() {
+            return Err(err);
+        }
         let mut batch = Vec::new();
         let first = match tokio::time::timeout(wait, self.rx.recv()).await {
             Err(_) => return Ok(batch),
@@ -101,7 +110,7 @@ impl Subscription {
             match self.rx.try_recv() {
                 Ok(Ok(delivery)) => batch.push(delivery),
                 Ok(Err(err)) => {
-                    tracing::error!(error = %err, "subscription failed after a batch was read");
+                    self.deferred_error = Some(err);
                     break;
                 }
                 Err(_) => break,

@@ -187,3 +187,31 @@ async fn backends_not_in_this_build_say_which_feature_enables_them() {
         assert!(!text.contains("secret"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn next_batch_takes_what_is_ready_up_to_the_limit() {
+    let broker = small(100);
+    let mut sub = broker
+        .subscribe(SubscriptionSpec::new(["t"], "g").with_prefetch(50))
+        .await
+        .unwrap();
+    let empty = sub.next_batch(10, Duration::from_millis(50)).await.unwrap();
+    assert!(empty.is_empty(), "nothing published yet");
+    for n in 0..25 {
+        broker
+            .publish(Message::text("t", n.to_string()))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let batch = sub.next_batch(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(batch.len(), 10);
+    let texts: Vec<String> = batch
+        .iter()
+        .map(|d| d.message.payload_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+    for delivery in batch {
+        delivery.ack().await.unwrap();
+    }
+}

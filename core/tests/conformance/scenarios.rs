@@ -242,7 +242,7 @@ pub async fn nack_redelivers_with_attempt_incremented(broker: SharedBroker) {
 
 pub async fn nack_with_delay_waits_before_redelivery(broker: SharedBroker) {
     if !requires(&broker, "delayed redelivery", |c| {
-        c.redelivery && c.native_delay
+        c.redelivery && c.delayed_redelivery
     }) {
         return;
     }

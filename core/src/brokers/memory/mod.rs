@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 pub use log::GroupStats;
 use log::Topic;
 
-use crate::broker::{Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec};
+use crate::broker::{
+    Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec, publish_each,
+};
 use crate::capabilities::Capabilities;
 use crate::config::MemoryConfig;
 use crate::delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
@@ -36,7 +38,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     ordering_per_key: true,
     acknowledgements: true,
     redelivery: true,
-    native_delay: true,
+    delayed_redelivery: true,
     replay: true,
     native_headers: true,
     pattern_subscriptions: false,
@@ -207,11 +209,7 @@ impl Publisher for MemoryBroker {
     }
 
     async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishReceipt>> {
-        let mut receipts = Vec::with_capacity(messages.len());
-        for message in messages {
-            receipts.push(self.publish(message).await);
-        }
-        receipts
+        publish_each(self, messages).await
     }
 
     async fn flush(&self, _timeout: Duration) -> Result<()> {

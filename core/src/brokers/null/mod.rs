@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::broker::{Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec};
+use crate::broker::{
+    Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec, publish_each,
+};
 use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::message::Message;
@@ -44,11 +46,7 @@ impl Publisher for NullBroker {
     }
 
     async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishReceipt>> {
-        let mut receipts = Vec::with_capacity(messages.len());
-        for message in messages {
-            receipts.push(self.publish(message).await);
-        }
-        receipts
+        publish_each(self, messages).await
     }
 
     async fn flush(&self, _timeout: Duration) -> Result<()> {
