@@ -23,6 +23,9 @@ pub struct DeliveryMeta {
     pub redelivered: bool,
     /// Consumer group (or queue) this delivery came through.
     pub group: Option<String>,
+    /// For a message without key whose order the broker keeps (a Kafka partition), the lane
+    /// the consumer runtime keeps it in order with, e.g. `topic/partition`.
+    pub sequence: Option<String>,
 }
 
 /// How a delivery ends. Each delivery is settled exactly once.
@@ -41,18 +44,19 @@ pub enum Settlement {
     Release,
 }
 
-/// The backend side of a delivery: settles it on the broker.
+/// The backend side of a delivery: settles it on the broker. The message is handed back so a
+/// backend that redelivers on its own (Kafka) needs no copy of it.
 #[async_trait]
 pub trait Acknowledger: Send + Sync + 'static {
     /// Settles the delivery on the broker.
-    async fn settle(self: Box<Self>, outcome: Settlement) -> Result<()>;
+    async fn settle(self: Box<Self>, outcome: Settlement, message: Message) -> Result<()>;
 
     /// Settles with [`Settlement::Release`] without waiting; called when a delivery is dropped
     /// unsettled. The default spawns `settle` on the current tokio runtime, if there is one.
-    fn release_on_drop(self: Box<Self>) {
+    fn release_on_drop(self: Box<Self>, message: Message) {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(err) = self.settle(Settlement::Release).await {
+                if let Err(err) = self.settle(Settlement::Release, message).await {
                     tracing::warn!(error = %err, "releasing a dropped delivery failed");
                 }
             });
@@ -113,16 +117,24 @@ impl Delivery {
     /// Settles the delivery with `outcome`.
     pub async fn settle(mut self, outcome: Settlement) -> Result<()> {
         match self.acker.take() {
-            Some(acker) => acker.settle(outcome).await,
+            Some(acker) => acker.settle(outcome, self.take_message()).await,
             None => Ok(()),
         }
+    }
+
+    fn take_message(&mut self) -> Message {
+        std::mem::replace(
+            &mut self.message,
+            Message::bytes(String::new(), bytes::Bytes::new()),
+        )
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(acker) = self.acker.take() {
-            acker.release_on_drop();
+            let message = self.take_message();
+            acker.release_on_drop(message);
         }
     }
 }

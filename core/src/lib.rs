@@ -27,6 +27,7 @@ pub mod delivery;
 pub mod error;
 pub mod message;
 pub mod subscription;
+pub mod wire;
 
 pub use broker::{
     Broker, PublishReceipt, Publisher, SharedBroker, StartPosition, Subscriber, SubscriptionSpec,
@@ -41,4 +42,4 @@ pub use consumer::{
 pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 pub use error::{Error, Result};
 pub use message::{Headers, Message};
-pub use subscription::{DeliverySink, Subscription};
+pub use subscription::{DeliverySink, Readiness, ReadySignal, SinkBusy, SinkPermit, Subscription};

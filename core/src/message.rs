@@ -133,6 +133,11 @@ impl Message {
                     "header name {name:?} must be non-empty, without ':' or control characters"
                 )));
             }
+            if crate::wire::RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(Error::InvalidMessage(format!(
+                    "header name {name:?} is reserved for the transport; set the id or content type on the message instead"
+                )));
+            }
         }
         Ok(())
     }

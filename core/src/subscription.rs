@@ -1,8 +1,9 @@
 //! A running subscription: deliveries flow from a backend's fetch task through a bounded channel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 pub struct DeliverySink {
     tx: mpsc::Sender<Result<Delivery>>,
     cancel: CancellationToken,
+    ready: Arc<watch::Sender<bool>>,
 }
 
 impl DeliverySink {
@@ -33,9 +35,37 @@ impl DeliverySink {
         }
     }
 
+    /// Reserves room for one delivery without waiting (for fetch loops on their own thread),
+    /// so the delivery is built only once it can be handed over.
+    pub fn try_reserve(&self) -> std::result::Result<SinkPermit<'_>, SinkBusy> {
+        if self.cancel.is_cancelled() {
+            return Err(SinkBusy::Closed);
+        }
+        match self.tx.try_reserve() {
+            Ok(permit) => Ok(SinkPermit(permit)),
+            Err(mpsc::error::TrySendError::Full(())) => Err(SinkBusy::Full),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(SinkBusy::Closed),
+        }
+    }
+
+    /// Reports a fatal error without waiting (for fetch loops on their own thread).
+    pub fn fail_now(&self, error: Error) {
+        let _ = self.tx.try_send(Err(error));
+    }
+
     /// Reports a fatal error to the consumer; the subscription ends after it.
     pub async fn fail(&self, error: Error) {
         let _ = self.tx.send(Err(error)).await;
+    }
+
+    /// Says whether the subscription is receiving now (for Kafka: partitions are assigned).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    /// A handle to say readiness from elsewhere (a Kafka rebalance callback).
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.ready.clone())
     }
 
     /// Completes when the subscription is being closed.
@@ -49,6 +79,61 @@ impl DeliverySink {
     }
 }
 
+/// Tells when a subscription is receiving: at once for most backends; for Kafka once the
+/// group has assigned it partitions. Useful before publishing to a group that reads from
+/// `Latest`, and in tests.
+#[derive(Clone)]
+pub struct ReadySignal(watch::Receiver<bool>);
+
+impl ReadySignal {
+    /// True while the subscription is receiving.
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until the subscription is receiving, for at most `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.0.wait_for(|ready| *ready)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed("subscription")),
+            Err(_) => Err(Error::Timeout {
+                operation: "waiting for the subscription to receive".into(),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// The backend's side of a [`ReadySignal`].
+#[derive(Clone)]
+pub struct Readiness(Arc<watch::Sender<bool>>);
+
+impl Readiness {
+    /// Says whether the subscription is receiving now.
+    pub fn set(&self, ready: bool) {
+        self.0.send_replace(ready);
+    }
+}
+
+/// Room for one delivery, reserved with [`DeliverySink::try_reserve`].
+pub struct SinkPermit<'a>(mpsc::Permit<'a, Result<Delivery>>);
+
+impl SinkPermit<'_> {
+    /// Hands the delivery over.
+    pub fn send(self, delivery: Delivery) {
+        self.0.send(Ok(delivery));
+    }
+}
+
+/// Why [`DeliverySink::try_reserve`] found no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkBusy {
+    /// The buffer is full: try again later.
+    Full,
+    /// The subscription is closing.
+    Closed,
+}
+
 /// A stream of deliveries for one [`crate::SubscriptionSpec`].
 ///
 /// Read with [`next`](Subscription::next) or [`next_batch`](Subscription::next_batch); end with
@@ -56,6 +141,7 @@ impl DeliverySink {
 /// was fetched but not yet handed out, so none is lost.
 pub struct Subscription {
     rx: mpsc::Receiver<Result<Delivery>>,
+    ready: watch::Receiver<bool>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
     /// An error met while a batch was being read, returned by the next read.
@@ -72,17 +158,25 @@ impl Subscription {
     {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let cancel = CancellationToken::new();
+        let (ready_tx, ready) = watch::channel(false);
         let sink = DeliverySink {
             tx,
             cancel: cancel.clone(),
+            ready: Arc::new(ready_tx),
         };
         let task = tokio::spawn(fetch(sink));
         Subscription {
             rx,
+            ready,
             cancel,
             task: Some(task),
             deferred_error: None,
         }
+    }
+
+    /// A handle that tells when the subscription is receiving (see [`ReadySignal`]).
+    pub fn ready_signal(&self) -> ReadySignal {
+        ReadySignal(self.ready.clone())
     }
 
     /// The next delivery; `None` once the subscription has ended.

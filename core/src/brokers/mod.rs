@@ -1,5 +1,7 @@
 //! Broker backends, one module each, and [`connect`] to pick one from a configuration.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 pub mod null;
 
@@ -17,6 +19,9 @@ pub async fn connect(config: &BrokerConfig) -> Result<SharedBroker> {
     match config {
         BrokerConfig::Memory(memory) => Ok(Arc::new(memory::MemoryBroker::shared(memory.clone()))),
         BrokerConfig::Null => Ok(Arc::new(null::NullBroker::new())),
+        #[cfg(feature = "kafka")]
+        BrokerConfig::Kafka(kafka) => Ok(Arc::new(kafka::KafkaBroker::new(kafka)?)),
+        #[cfg(not(feature = "kafka"))]
         BrokerConfig::Kafka(_) => Err(Error::BackendNotEnabled {
             backend: "kafka",
             feature: "kafka",

@@ -1,5 +1,6 @@
-//! Runs handlers: one task per keyless message, one lane per key so a key's messages run in
-//! order while different keys run concurrently.
+//! Runs handlers: one task per unordered message, one lane per key (or per partition, for
+//! keyless messages the broker orders) so a lane's messages run in order while different
+//! lanes run concurrently.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -78,7 +79,12 @@ impl Dispatcher {
 
     /// Starts handling `delivery` now, or queues it behind the running one with its key.
     pub fn dispatch(self: &Arc<Self>, delivery: Delivery, slot: OwnedSemaphorePermit) {
-        let Some(key) = delivery.message.key.clone() else {
+        let lane = delivery
+            .message
+            .key
+            .clone()
+            .or_else(|| delivery.meta.sequence.clone());
+        let Some(key) = lane else {
             let this = self.clone();
             self.tracker.spawn(async move {
                 this.process(delivery).await;

@@ -20,7 +20,7 @@ pub use retry::RetryPolicy;
 
 use crate::broker::{SharedBroker, SubscriptionSpec};
 use crate::error::{Error, Result};
-use crate::subscription::Subscription;
+use crate::subscription::{ReadySignal, Subscription};
 use dispatch::{Counters, Dispatcher};
 
 /// How a consumer behaves around its handler.
@@ -73,6 +73,7 @@ pub struct StopReport {
 /// A running consumer. Stop it with [`stop`](Consumer::stop); dropping it stops fetching and
 /// abandons in-flight work, whose messages the broker delivers again.
 pub struct Consumer {
+    ready: ReadySignal,
     stop_fetching: CancellationToken,
     fetch_ended: CancellationToken,
     abort: CancellationToken,
@@ -98,6 +99,7 @@ impl Consumer {
         spec.validate()?;
         let concurrency = spec.concurrency;
         let subscription = broker.subscribe(spec).await?;
+        let ready = subscription.ready_signal();
         let stop_fetching = CancellationToken::new();
         let fetch_ended = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -118,6 +120,7 @@ impl Consumer {
             fetch_ended.clone(),
         ));
         Ok(Consumer {
+            ready,
             stop_fetching,
             fetch_ended,
             abort,
@@ -126,6 +129,11 @@ impl Consumer {
             counters,
             drain_timeout: options.drain_timeout,
         })
+    }
+
+    /// Tells when the subscription is receiving (for Kafka: partitions are assigned).
+    pub fn ready(&self) -> ReadySignal {
+        self.ready.clone()
     }
 
     /// Current counters.

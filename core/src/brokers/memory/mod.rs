@@ -265,6 +265,7 @@ async fn fetch_loop(
 ) {
     let group: Arc<str> = Arc::from(spec.group.as_str());
     let mut turn = 0usize;
+    sink.set_ready(true);
     loop {
         let mut woken = pin!(signal.notified());
         woken.as_mut().enable();
@@ -351,12 +352,12 @@ impl MemoryAcker {
 
 #[async_trait]
 impl Acknowledger for MemoryAcker {
-    async fn settle(self: Box<Self>, outcome: Settlement) -> Result<()> {
+    async fn settle(self: Box<Self>, outcome: Settlement, _message: Message) -> Result<()> {
         self.apply(outcome);
         Ok(())
     }
 
-    fn release_on_drop(self: Box<Self>) {
+    fn release_on_drop(self: Box<Self>, _message: Message) {
         self.apply(Settlement::Release);
     }
 }

@@ -1,0 +1,308 @@
+//! The Apache Kafka backend, on librdkafka (built from bundled sources, linked statically).
+//!
+//! Guarantees: at-least-once. The producer is idempotent (no duplicates or reordering from
+//! its own retries) and a publish resolves when the broker acknowledged it. A consumer commits
+//! an offset only after every message before it in the partition was settled, so a crash or
+//! rebalance redelivers what was not processed, never skips it. Order is kept per key (and per
+//! partition for messages without a key). A nack redelivers from the consumer's memory after
+//! the delay, holding the partition's commit position until the message is settled; a consumer
+//! that dies meanwhile hands it to the next owner from the last commit.
+
+mod codec;
+mod consumer;
+mod offsets;
+mod settings;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
+
+use self::consumer::kafka_error;
+use self::settings::KafkaSettings;
+use crate::broker::{Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec};
+use crate::capabilities::Capabilities;
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::subscription::Subscription;
+
+const CAPABILITIES: Capabilities = Capabilities {
+    persistent: true,
+    consumer_groups: true,
+    fan_out: true,
+    ordering_per_key: true,
+    acknowledgements: true,
+    redelivery: true,
+    delayed_redelivery: true,
+    replay: true,
+    native_headers: true,
+    pattern_subscriptions: false,
+};
+
+/// A Kafka cluster: one idempotent producer shared by all publishes, one consumer-group member
+/// per subscription.
+#[derive(Clone)]
+pub struct KafkaBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Topics known to exist (created or checked).
+    known_topics: Mutex<HashSet<String>>,
+    closed: AtomicBool,
+    target: String,
+}
+
+impl KafkaBroker {
+    /// Creates the producer and admin client. Connections are made lazily by librdkafka.
+    pub fn new(config: &KafkaConfig) -> Result<Self> {
+        let settings = KafkaSettings::from_config(config)?;
+        let target = config.bootstrap_servers.join(",");
+        let producer: FutureProducer =
+            settings
+                .producer()
+                .create()
+                .map_err(|err| Error::Connection {
+                    target: target.clone(),
+                    reason: err.to_string(),
+                })?;
+        let admin = settings.common.create().map_err(|err| Error::Connection {
+            target: target.clone(),
+            reason: err.to_string(),
+        })?;
+        Ok(KafkaBroker {
+            inner: Arc::new(Inner {
+                settings,
+                producer,
+                admin,
+                known_topics: Mutex::new(HashSet::new()),
+                closed: AtomicBool::new(false),
+                target,
+            }),
+        })
+    }
+
+    /// Creates `topics` that do not exist yet, with the configured partition count and
+    /// replication (`polybus.topic.partitions`, `polybus.topic.replication`).
+    pub async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
+        if !self.inner.settings.create_topics {
+            return Ok(());
+        }
+        let missing: Vec<&String> = {
+            let known = self
+                .inner
+                .known_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            topics.iter().filter(|t| !known.contains(*t)).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let settings = &self.inner.settings;
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    settings.topic_partitions,
+                    TopicReplication::Fixed(settings.topic_replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self
+            .inner
+            .admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|err| self.connection_error(err))?;
+        let mut known = self
+            .inner
+            .known_topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for result in results {
+            match result {
+                Ok(topic) | Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    known.insert(topic);
+                }
+                Err((topic, code)) => {
+                    return Err(Error::Broker {
+                        backend: "kafka",
+                        reason: format!("creating topic {topic:?} failed: {code}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn connection_error(&self, err: KafkaError) -> Error {
+        Error::Connection {
+            target: self.inner.target.clone(),
+            reason: err.to_string(),
+        }
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed("kafka producer"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues one message; the future resolves with the broker's acknowledgement.
+    async fn enqueue(&self, message: &Message) -> Result<DeliveryFuture> {
+        loop {
+            match self
+                .inner
+                .producer
+                .send_result(codec::to_record(message, 1))
+            {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // The local queue is full: give librdkafka a moment to drain it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((err, _)) => return Err(kafka_error(err)),
+            }
+        }
+    }
+
+    async fn receipt(id: String, future: DeliveryFuture) -> Result<PublishReceipt> {
+        match future.await {
+            Ok(Ok(delivery)) => Ok(PublishReceipt {
+                id,
+                partition: Some(delivery.partition),
+                offset: Some(delivery.offset),
+                ..Default::default()
+            }),
+            Ok(Err((err, _))) => Err(kafka_error(err)),
+            Err(_) => Err(Error::Closed("kafka producer")),
+        }
+    }
+
+    async fn flush_blocking(&self, timeout: Duration) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.producer.flush(timeout))
+            .await
+            .map_err(|err| Error::Broker {
+                backend: "kafka",
+                reason: format!("flush task failed: {err}"),
+            })?
+            .map_err(|err| match err {
+                KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Error::Timeout {
+                    operation: "kafka flush".into(),
+                    after: timeout,
+                },
+                other => kafka_error(other),
+            })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // librdkafka purges what is still queued when the producer is dropped: flush first.
+        if let Err(err) = self.producer.flush(self.settings.flush_timeout) {
+            tracing::error!(error = %err, "kafka producer dropped with messages not delivered");
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for KafkaBroker {
+    async fn publish(&self, message: Message) -> Result<PublishReceipt> {
+        self.ensure_open()?;
+        message.validate()?;
+        self.ensure_topics(std::slice::from_ref(&message.topic))
+            .await?;
+        let future = self.enqueue(&message).await?;
+        Self::receipt(message.id, future).await
+    }
+
+    async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishReceipt>> {
+        if self.ensure_open().is_err() {
+            return messages
+                .iter()
+                .map(|_| Err(Error::Closed("kafka producer")))
+                .collect();
+        }
+        let mut topics: Vec<String> = messages
+            .iter()
+            .filter(|m| m.validate().is_ok())
+            .map(|m| m.topic.clone())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        let topics_ready = self.ensure_topics(&topics).await;
+        // Queue everything first, then wait for all acknowledgements together.
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let queued = match (message.validate(), &topics_ready) {
+                (Err(err), _) => Err(err),
+                (Ok(()), Err(err)) => Err(Error::Broker {
+                    backend: "kafka",
+                    reason: err.to_string(),
+                }),
+                (Ok(()), Ok(())) => self.enqueue(&message).await,
+            };
+            pending.push((message.id, queued));
+        }
+        join_all(pending.into_iter().map(|(id, queued)| async move {
+            match queued {
+                Ok(future) => Self::receipt(id, future).await,
+                Err(err) => Err(err),
+            }
+        }))
+        .await
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<()> {
+        self.flush_blocking(timeout).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.flush_blocking(self.inner.settings.flush_timeout).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for KafkaBroker {
+    async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Subscription> {
+        spec.validate()?;
+        self.ensure_topics(&spec.topics).await?;
+        let settings = self.inner.settings.clone();
+        Ok(Subscription::spawn(spec.prefetch, move |sink| async move {
+            let run = tokio::task::spawn_blocking(move || consumer::run(settings, spec, sink));
+            if let Err(err) = run.await {
+                tracing::error!(error = %err, "the kafka poll thread failed");
+            }
+        }))
+    }
+}
+
+impl Broker for KafkaBroker {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}

@@ -1,0 +1,59 @@
+//! The parts of the wire format shared by every backend: the names of the transport headers
+//! and how a message from a non-Polybus producer is read.
+//!
+//! On brokers with native headers (Kafka, RabbitMQ) the payload is the body and the fields
+//! below travel as headers (RabbitMQ uses its native `message_id`, `content_type` and
+//! `timestamp` properties instead where it has them). User headers travel as they are.
+
+/// Header carrying the message id.
+pub const HEADER_ID: &str = "polybus-id";
+/// Header carrying the payload's content type.
+pub const HEADER_CONTENT_TYPE: &str = "polybus-content-type";
+/// Header carrying the delivery attempt a retried message is on (absent means 1).
+pub const HEADER_ATTEMPT: &str = "polybus-attempt";
+
+/// Header names reserved for the transport: a user header may not use them.
+pub const RESERVED_HEADERS: [&str; 3] = [HEADER_ID, HEADER_CONTENT_TYPE, HEADER_ATTEMPT];
+
+/// The content type to assume for a payload that came without one (a non-Polybus producer):
+/// JSON when it parses as a JSON object or array, raw bytes otherwise.
+pub fn sniff_content_type(payload: &[u8]) -> &'static str {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b'{' | b'['))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+    {
+        crate::message::CONTENT_TYPE_JSON
+    } else {
+        crate::message::CONTENT_TYPE_BYTES
+    }
+}
+
+/// Parses an attempt header; anything unreadable counts as the first attempt.
+pub fn parse_attempt(value: Option<&[u8]>) -> u32 {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_json_is_recognised() {
+        assert_eq!(sniff_content_type(br#" {"a": 1}"#), "application/json");
+        assert_eq!(sniff_content_type(b"[1,2]"), "application/json");
+        assert_eq!(sniff_content_type(b"{not json"), "application/octet-stream");
+        assert_eq!(sniff_content_type(b"42"), "application/octet-stream");
+    }
+
+    #[test]
+    fn attempts_default_to_one() {
+        assert_eq!(parse_attempt(None), 1);
+        assert_eq!(parse_attempt(Some(b"3")), 3);
+        assert_eq!(parse_attempt(Some(b"0")), 1);
+        assert_eq!(parse_attempt(Some(b"x")), 1);
+    }
+}
