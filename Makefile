@@ -13,8 +13,8 @@ CARGO ?= cargo
 demo:
 	$(CARGO) run --quiet -p polybus --example quickstart
 
-## test: install what the tests need, lint, run the demo, then every test suite
-test: deps lint demo test-all
+## test: install and start what the tests need, lint, run the demo, then every test suite
+test: deps lint brokers-up demo test-all
 
 deps:
 	scripts/install-toolchain.sh

@@ -1,0 +1,298 @@
+//! Kafka-specific behaviour against the real broker `make test` starts on 127.0.0.1:9092:
+//! partition sharing, hand-over without loss, redelivery after restart, order at volume, and
+//! the wire format as plain Kafka clients see it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use polybus::{
+    Consumer, ConsumerOptions, HandlerError, Message, RetryPolicy, SharedBroker, SubscriptionSpec,
+    handler_fn,
+};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn url() -> String {
+    std::env::var("POLYBUS_TEST_KAFKA_URL")
+        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?polybus.topic.partitions=4".to_owned())
+}
+
+fn bootstrap() -> String {
+    std::env::var("POLYBUS_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+async fn broker() -> SharedBroker {
+    polybus::connect_url(&url()).await.expect("test Kafka broker")
+}
+
+fn unique(name: &str) -> String {
+    format!("polybus-kafka.{name}.{}", &polybus::message::new_message_id()[24..])
+}
+
+fn options() -> ConsumerOptions {
+    ConsumerOptions {
+        retry: RetryPolicy::fixed(3, Duration::from_millis(20)),
+        drain_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn publish_keyed(broker: &SharedBroker, topic: &str, count: usize, keys: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    let messages: Vec<Message> = (0..count)
+        .map(|n| {
+            Message::json(topic, &serde_json::json!({ "n": n / keys }))
+                .unwrap()
+                .with_key(format!("key-{}", n % keys))
+        })
+        .collect();
+    for chunk in messages.chunks(10_000) {
+        ids.extend(chunk.iter().map(|m| m.id.clone()));
+        for receipt in broker.publish_batch(chunk.to_vec()).await {
+            receipt.expect("publish");
+        }
+    }
+    ids
+}
+
+/// Records, per consumer, the message ids handled and the partitions they came from.
+#[derive(Clone, Default)]
+struct Seen {
+    ids: Arc<Mutex<HashMap<String, u32>>>,
+    partitions: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Seen {
+    fn handler(&self, delay: Duration) -> Arc<dyn polybus::Handler> {
+        let seen = self.clone();
+        Arc::new(handler_fn(move |r| {
+            let seen = seen.clone();
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                *seen.ids.lock().unwrap().entry(r.message.id.clone()).or_default() += 1;
+                seen.partitions.lock().unwrap().insert(r.meta.partition.unwrap());
+                Ok(())
+            }
+        }))
+    }
+
+    fn distinct(&self) -> usize {
+        self.ids.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_consumers_in_one_group_split_the_partitions() {
+    let broker = broker().await;
+    let topic = unique("split");
+    let group = format!("{topic}.g");
+    let (a, b) = (Seen::default(), Seen::default());
+    let spec = SubscriptionSpec::new([topic.as_str()], group.as_str()).with_concurrency(4);
+    let first = Consumer::start(broker.clone(), spec.clone(), a.handler(Duration::ZERO), options()).await.unwrap();
+    first.ready().wait(WAIT).await.unwrap();
+    let second = Consumer::start(broker.clone(), spec, b.handler(Duration::ZERO), options()).await.unwrap();
+    second.ready().wait(WAIT).await.unwrap();
+    first.ready().wait(WAIT).await.unwrap();
+
+    let ids = publish_keyed(&broker, &topic, 400, 400).await;
+    wait_until("400 messages", || a.distinct() + b.distinct() >= ids.len()).await;
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+
+    let (pa, pb) = (a.partitions.lock().unwrap().clone(), b.partitions.lock().unwrap().clone());
+    assert!(!pa.is_empty() && !pb.is_empty(), "both members get partitions: {pa:?} / {pb:?}");
+    assert!(pa.is_disjoint(&pb), "a partition went to both members: {pa:?} / {pb:?}");
+    assert_eq!(pa.union(&pb).count(), 4);
+    let all: HashSet<String> = a.ids.lock().unwrap().keys().chain(b.ids.lock().unwrap().keys()).cloned().collect();
+    assert_eq!(all.len(), ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_consumer_hands_its_partitions_over_without_loss() {
+    let broker = broker().await;
+    let topic = unique("handover");
+    let group = format!("{topic}.g");
+    let (a, b) = (Seen::default(), Seen::default());
+    let spec = SubscriptionSpec::new([topic.as_str()], group.as_str()).with_concurrency(8);
+    let leaving = Consumer::start(broker.clone(), spec.clone(), a.handler(Duration::from_millis(1)), options())
+        .await
+        .unwrap();
+    leaving.ready().wait(WAIT).await.unwrap();
+    let staying = Consumer::start(broker.clone(), spec, b.handler(Duration::from_millis(1)), options())
+        .await
+        .unwrap();
+    staying.ready().wait(WAIT).await.unwrap();
+
+    let ids = publish_keyed(&broker, &topic, 3000, 64).await;
+    wait_until("progress on the leaving consumer", || a.distinct() >= 100).await;
+    let report = leaving.stop().await.unwrap();
+    assert!(report.drained);
+    wait_until("the rest on the staying consumer", || {
+        let all: HashSet<String> = a.ids.lock().unwrap().keys().chain(b.ids.lock().unwrap().keys()).cloned().collect();
+        all.len() >= ids.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    staying.stop().await.unwrap();
+    let mut counts: HashMap<String, u32> = a.ids.lock().unwrap().clone();
+    for (id, n) in b.ids.lock().unwrap().iter() {
+        *counts.entry(id.clone()).or_default() += n;
+    }
+    let missing = ids.iter().filter(|id| !counts.contains_key(*id)).count();
+    assert_eq!(missing, 0, "messages lost in the hand-over");
+    let twice = counts.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "a graceful hand-over commits everything processed: nothing comes twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_message_is_delivered_again_after_a_restart() {
+    let broker = broker().await;
+    let topic = unique("restart");
+    let spec = SubscriptionSpec::new([topic.as_str()], format!("{topic}.g"));
+    let failing = handler_fn(|_| async { Err(HandlerError::retryable("downstream unavailable")) });
+    let slow_retries = ConsumerOptions {
+        retry: RetryPolicy::fixed(10, Duration::from_secs(600)),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let consumer = Consumer::start(broker.clone(), spec.clone(), Arc::new(failing), slow_retries).await.unwrap();
+    let id = broker.publish(Message::text(&topic, "charge")).await.unwrap().id;
+    let deadline = Instant::now() + WAIT;
+    while consumer.stats().failed == 0 {
+        assert!(Instant::now() < deadline, "the handler never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumer.stop().await.unwrap();
+
+    let seen = Seen::default();
+    let restarted = Consumer::start(broker.clone(), spec, seen.handler(Duration::ZERO), options()).await.unwrap();
+    wait_until("the failed message after the restart", || seen.distinct() == 1).await;
+    restarted.stop().await.unwrap();
+    assert!(seen.ids.lock().unwrap().contains_key(&id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_thousand_keyed_messages_keep_order_and_count_once() {
+    let broker = broker().await;
+    let topic = unique("volume");
+    let order: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+    let record = order.clone();
+    let handler = handler_fn(move |r| {
+        let record = record.clone();
+        async move {
+            let n = r.message.decode_json::<serde_json::Value>()?["n"].as_u64().unwrap();
+            record.lock().unwrap().entry(r.message.key.clone().unwrap()).or_default().push(n);
+            Ok(())
+        }
+    });
+    let spec = SubscriptionSpec::new([topic.as_str()], format!("{topic}.g"))
+        .with_concurrency(32)
+        .with_prefetch(2000);
+    let consumer = Consumer::start(broker.clone(), spec, Arc::new(handler), options()).await.unwrap();
+    let total = 100_000;
+    let keys = 100;
+    let started = Instant::now();
+    publish_keyed(&broker, &topic, total, keys).await;
+    let produced = started.elapsed();
+    let counted = || order.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    wait_until("100,000 messages", || counted() >= total).await;
+    let consumed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = consumer.stop().await.unwrap();
+    eprintln!(
+        "kafka volume: produced {total} in {produced:?} ({:.0} msg/s), produced+consumed in {consumed:?} ({:.0} msg/s)",
+        total as f64 / produced.as_secs_f64(),
+        total as f64 / consumed.as_secs_f64()
+    );
+    assert_eq!(counted(), total, "every message exactly once");
+    assert_eq!(report.stats.succeeded, total as u64);
+    for (key, numbers) in order.lock().unwrap().iter() {
+        let expected: Vec<u64> = (0..(total / keys) as u64).collect();
+        assert_eq!(numbers, &expected, "order of {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_kafka_clients_see_native_headers_and_polybus_reads_plain_records() {
+    let broker = broker().await;
+    let topic = unique("wire");
+    let sent = Message::json(&topic, &serde_json::json!({"order_id": 7}))
+        .unwrap()
+        .with_id("order-7")
+        .with_key("customer-1")
+        .with_header("tenant", "eu");
+    broker.publish(sent.clone()).await.unwrap();
+
+    let plain: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", format!("{topic}.plain"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    plain.subscribe(&[topic.as_str()]).unwrap();
+    let record = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "plain consumer got nothing");
+            if let Some(result) = plain.poll(Duration::from_millis(200)) {
+                break result.unwrap().detach();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    use rdkafka::Message as _;
+    assert_eq!(record.payload().unwrap(), &sent.payload[..]);
+    assert_eq!(record.key().unwrap(), b"customer-1");
+    let headers: HashMap<String, String> = record
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap()).into_owned()))
+        .collect();
+    assert_eq!(headers["polybus-id"], "order-7");
+    assert_eq!(headers["polybus-content-type"], "application/json");
+    assert_eq!(headers["tenant"], "eu");
+
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let foreign = unique("foreign");
+    broker.publish(Message::text(&foreign, "create the topic")).await.unwrap();
+    producer
+        .send(FutureRecord::<str, str>::to(&foreign).payload(r#"{"from": "a plain producer"}"#), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut sub = broker.subscribe(SubscriptionSpec::new([foreign.as_str()], format!("{foreign}.g"))).await.unwrap();
+    let mut payloads = vec![];
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap().unwrap();
+        payloads.push((delivery.message.content_type.clone(), delivery.message.id.clone()));
+        delivery.ack().await.unwrap();
+    }
+    sub.close().await.unwrap();
+    let (content_type, id) = payloads.iter().find(|(ct, _)| ct == "application/json").expect("plain JSON record");
+    assert_eq!(content_type, "application/json");
+    assert!(id.starts_with(&foreign), "a plain record gets a stable id: {id}");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_publishes_with_a_clear_error() {
+    let broker = polybus::connect_url("kafka://127.0.0.1:1?message.timeout.ms=2000&polybus.topic.create=false")
+        .await
+        .unwrap();
+    let err = broker.publish(Message::text("nowhere", "x")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("kafka"), "{text}");
+}
