@@ -27,11 +27,16 @@ fn bootstrap() -> String {
 }
 
 async fn broker() -> SharedBroker {
-    polybus::connect_url(&url()).await.expect("test Kafka broker")
+    polybus::connect_url(&url())
+        .await
+        .expect("test Kafka broker")
 }
 
 fn unique(name: &str) -> String {
-    format!("polybus-kafka.{name}.{}", &polybus::message::new_message_id()[24..])
+    format!(
+        "polybus-kafka.{name}.{}",
+        &polybus::message::new_message_id()[24..]
+    )
 }
 
 fn options() -> ConsumerOptions {
@@ -49,7 +54,12 @@ async fn wait_until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
-async fn publish_keyed(broker: &SharedBroker, topic: &str, count: usize, keys: usize) -> Vec<String> {
+async fn publish_keyed(
+    broker: &SharedBroker,
+    topic: &str,
+    count: usize,
+    keys: usize,
+) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);
     let messages: Vec<Message> = (0..count)
         .map(|n| {
@@ -83,8 +93,16 @@ impl Seen {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                *seen.ids.lock().unwrap().entry(r.message.id.clone()).or_default() += 1;
-                seen.partitions.lock().unwrap().insert(r.meta.partition.unwrap());
+                *seen
+                    .ids
+                    .lock()
+                    .unwrap()
+                    .entry(r.message.id.clone())
+                    .or_default() += 1;
+                seen.partitions
+                    .lock()
+                    .unwrap()
+                    .insert(r.meta.partition.unwrap());
                 Ok(())
             }
         }))
@@ -102,9 +120,18 @@ async fn two_consumers_in_one_group_split_the_partitions() {
     let group = format!("{topic}.g");
     let (a, b) = (Seen::default(), Seen::default());
     let spec = SubscriptionSpec::new([topic.as_str()], group.as_str()).with_concurrency(4);
-    let first = Consumer::start(broker.clone(), spec.clone(), a.handler(Duration::ZERO), options()).await.unwrap();
+    let first = Consumer::start(
+        broker.clone(),
+        spec.clone(),
+        a.handler(Duration::ZERO),
+        options(),
+    )
+    .await
+    .unwrap();
     first.ready().wait(WAIT).await.unwrap();
-    let second = Consumer::start(broker.clone(), spec, b.handler(Duration::ZERO), options()).await.unwrap();
+    let second = Consumer::start(broker.clone(), spec, b.handler(Duration::ZERO), options())
+        .await
+        .unwrap();
     second.ready().wait(WAIT).await.unwrap();
     first.ready().wait(WAIT).await.unwrap();
 
@@ -113,11 +140,27 @@ async fn two_consumers_in_one_group_split_the_partitions() {
     first.stop().await.unwrap();
     second.stop().await.unwrap();
 
-    let (pa, pb) = (a.partitions.lock().unwrap().clone(), b.partitions.lock().unwrap().clone());
-    assert!(!pa.is_empty() && !pb.is_empty(), "both members get partitions: {pa:?} / {pb:?}");
-    assert!(pa.is_disjoint(&pb), "a partition went to both members: {pa:?} / {pb:?}");
+    let (pa, pb) = (
+        a.partitions.lock().unwrap().clone(),
+        b.partitions.lock().unwrap().clone(),
+    );
+    assert!(
+        !pa.is_empty() && !pb.is_empty(),
+        "both members get partitions: {pa:?} / {pb:?}"
+    );
+    assert!(
+        pa.is_disjoint(&pb),
+        "a partition went to both members: {pa:?} / {pb:?}"
+    );
     assert_eq!(pa.union(&pb).count(), 4);
-    let all: HashSet<String> = a.ids.lock().unwrap().keys().chain(b.ids.lock().unwrap().keys()).cloned().collect();
+    let all: HashSet<String> = a
+        .ids
+        .lock()
+        .unwrap()
+        .keys()
+        .chain(b.ids.lock().unwrap().keys())
+        .cloned()
+        .collect();
     assert_eq!(all.len(), ids.len());
 }
 
@@ -128,13 +171,23 @@ async fn a_stopped_consumer_hands_its_partitions_over_without_loss() {
     let group = format!("{topic}.g");
     let (a, b) = (Seen::default(), Seen::default());
     let spec = SubscriptionSpec::new([topic.as_str()], group.as_str()).with_concurrency(8);
-    let leaving = Consumer::start(broker.clone(), spec.clone(), a.handler(Duration::from_millis(1)), options())
-        .await
-        .unwrap();
+    let leaving = Consumer::start(
+        broker.clone(),
+        spec.clone(),
+        a.handler(Duration::from_millis(1)),
+        options(),
+    )
+    .await
+    .unwrap();
     leaving.ready().wait(WAIT).await.unwrap();
-    let staying = Consumer::start(broker.clone(), spec, b.handler(Duration::from_millis(1)), options())
-        .await
-        .unwrap();
+    let staying = Consumer::start(
+        broker.clone(),
+        spec,
+        b.handler(Duration::from_millis(1)),
+        options(),
+    )
+    .await
+    .unwrap();
     staying.ready().wait(WAIT).await.unwrap();
 
     let ids = publish_keyed(&broker, &topic, 3000, 64).await;
@@ -142,7 +195,14 @@ async fn a_stopped_consumer_hands_its_partitions_over_without_loss() {
     let report = leaving.stop().await.unwrap();
     assert!(report.drained);
     wait_until("the rest on the staying consumer", || {
-        let all: HashSet<String> = a.ids.lock().unwrap().keys().chain(b.ids.lock().unwrap().keys()).cloned().collect();
+        let all: HashSet<String> = a
+            .ids
+            .lock()
+            .unwrap()
+            .keys()
+            .chain(b.ids.lock().unwrap().keys())
+            .cloned()
+            .collect();
         all.len() >= ids.len()
     })
     .await;
@@ -155,7 +215,10 @@ async fn a_stopped_consumer_hands_its_partitions_over_without_loss() {
     let missing = ids.iter().filter(|id| !counts.contains_key(*id)).count();
     assert_eq!(missing, 0, "messages lost in the hand-over");
     let twice = counts.values().filter(|n| **n > 1).count();
-    assert_eq!(twice, 0, "a graceful hand-over commits everything processed: nothing comes twice");
+    assert_eq!(
+        twice, 0,
+        "a graceful hand-over commits everything processed: nothing comes twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,8 +231,19 @@ async fn a_failed_message_is_delivered_again_after_a_restart() {
         retry: RetryPolicy::fixed(10, Duration::from_secs(600)),
         drain_timeout: Duration::from_secs(5),
     };
-    let consumer = Consumer::start(broker.clone(), spec.clone(), Arc::new(failing), slow_retries).await.unwrap();
-    let id = broker.publish(Message::text(&topic, "charge")).await.unwrap().id;
+    let consumer = Consumer::start(
+        broker.clone(),
+        spec.clone(),
+        Arc::new(failing),
+        slow_retries,
+    )
+    .await
+    .unwrap();
+    let id = broker
+        .publish(Message::text(&topic, "charge"))
+        .await
+        .unwrap()
+        .id;
     let deadline = Instant::now() + WAIT;
     while consumer.stats().failed == 0 {
         assert!(Instant::now() < deadline, "the handler never ran");
@@ -178,8 +252,18 @@ async fn a_failed_message_is_delivered_again_after_a_restart() {
     consumer.stop().await.unwrap();
 
     let seen = Seen::default();
-    let restarted = Consumer::start(broker.clone(), spec, seen.handler(Duration::ZERO), options()).await.unwrap();
-    wait_until("the failed message after the restart", || seen.distinct() == 1).await;
+    let restarted = Consumer::start(
+        broker.clone(),
+        spec,
+        seen.handler(Duration::ZERO),
+        options(),
+    )
+    .await
+    .unwrap();
+    wait_until("the failed message after the restart", || {
+        seen.distinct() == 1
+    })
+    .await;
     restarted.stop().await.unwrap();
     assert!(seen.ids.lock().unwrap().contains_key(&id));
 }
@@ -193,15 +277,24 @@ async fn a_hundred_thousand_keyed_messages_keep_order_and_count_once() {
     let handler = handler_fn(move |r| {
         let record = record.clone();
         async move {
-            let n = r.message.decode_json::<serde_json::Value>()?["n"].as_u64().unwrap();
-            record.lock().unwrap().entry(r.message.key.clone().unwrap()).or_default().push(n);
+            let n = r.message.decode_json::<serde_json::Value>()?["n"]
+                .as_u64()
+                .unwrap();
+            record
+                .lock()
+                .unwrap()
+                .entry(r.message.key.clone().unwrap())
+                .or_default()
+                .push(n);
             Ok(())
         }
     });
     let spec = SubscriptionSpec::new([topic.as_str()], format!("{topic}.g"))
         .with_concurrency(32)
         .with_prefetch(2000);
-    let consumer = Consumer::start(broker.clone(), spec, Arc::new(handler), options()).await.unwrap();
+    let consumer = Consumer::start(broker.clone(), spec, Arc::new(handler), options())
+        .await
+        .unwrap();
     let total = 100_000;
     let keys = 100;
     let started = Instant::now();
@@ -261,38 +354,76 @@ async fn plain_kafka_clients_see_native_headers_and_polybus_reads_plain_records(
         .headers()
         .unwrap()
         .iter()
-        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap()).into_owned()))
+        .map(|h| {
+            (
+                h.key.to_owned(),
+                String::from_utf8_lossy(h.value.unwrap()).into_owned(),
+            )
+        })
         .collect();
     assert_eq!(headers["polybus-id"], "order-7");
     assert_eq!(headers["polybus-content-type"], "application/json");
     assert_eq!(headers["tenant"], "eu");
 
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
     let foreign = unique("foreign");
-    broker.publish(Message::text(&foreign, "create the topic")).await.unwrap();
-    producer
-        .send(FutureRecord::<str, str>::to(&foreign).payload(r#"{"from": "a plain producer"}"#), Duration::from_secs(10))
+    broker
+        .publish(Message::text(&foreign, "create the topic"))
         .await
         .unwrap();
-    let mut sub = broker.subscribe(SubscriptionSpec::new([foreign.as_str()], format!("{foreign}.g"))).await.unwrap();
+    producer
+        .send(
+            FutureRecord::<str, str>::to(&foreign).payload(r#"{"from": "a plain producer"}"#),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let mut sub = broker
+        .subscribe(SubscriptionSpec::new(
+            [foreign.as_str()],
+            format!("{foreign}.g"),
+        ))
+        .await
+        .unwrap();
     let mut payloads = vec![];
     for _ in 0..2 {
-        let delivery = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap().unwrap();
-        payloads.push((delivery.message.content_type.clone(), delivery.message.id.clone()));
+        let delivery = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        payloads.push((
+            delivery.message.content_type.clone(),
+            delivery.message.id.clone(),
+        ));
         delivery.ack().await.unwrap();
     }
     sub.close().await.unwrap();
-    let (content_type, id) = payloads.iter().find(|(ct, _)| ct == "application/json").expect("plain JSON record");
+    let (content_type, id) = payloads
+        .iter()
+        .find(|(ct, _)| ct == "application/json")
+        .expect("plain JSON record");
     assert_eq!(content_type, "application/json");
-    assert!(id.starts_with(&foreign), "a plain record gets a stable id: {id}");
+    assert!(
+        id.starts_with(&foreign),
+        "a plain record gets a stable id: {id}"
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_broker_fails_publishes_with_a_clear_error() {
-    let broker = polybus::connect_url("kafka://127.0.0.1:1?message.timeout.ms=2000&polybus.topic.create=false")
+    let broker = polybus::connect_url(
+        "kafka://127.0.0.1:1?message.timeout.ms=2000&polybus.topic.create=false",
+    )
+    .await
+    .unwrap();
+    let err = broker
+        .publish(Message::text("nowhere", "x"))
         .await
-        .unwrap();
-    let err = broker.publish(Message::text("nowhere", "x")).await.unwrap_err();
+        .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("kafka"), "{text}");
 }

@@ -59,6 +59,40 @@ async fn a_full_topic_makes_publish_wait_until_a_consumer_acknowledges() {
 }
 
 #[tokio::test]
+async fn a_topic_without_groups_keeps_everything_and_makes_publish_wait_when_full() {
+    let broker = small(2);
+    broker.publish(Message::text("t", "0")).await.unwrap();
+    broker.publish(Message::text("t", "1")).await.unwrap();
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(200),
+        broker.publish(Message::text("t", "2")),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "nothing may be evicted before any group read it"
+    );
+    let waiting = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.publish(Message::text("t", "2")).await }
+    });
+    let mut sub = broker
+        .subscribe(SubscriptionSpec::new(["t"], "late"))
+        .await
+        .unwrap();
+    for expected in ["0", "1", "2"] {
+        let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.message.payload_str().unwrap(), expected);
+        d.ack().await.unwrap();
+    }
+    waiting.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn settled_messages_are_retained_for_replay_up_to_capacity() {
     let broker = small(5);
     let mut sub = broker
@@ -173,11 +207,16 @@ async fn the_null_broker_accepts_counts_and_drops() {
 
 #[tokio::test]
 async fn backends_not_in_this_build_say_which_feature_enables_them() {
-    for (url, backend) in [
-        ("kafka://localhost:9092", "kafka"),
-        ("amqp://guest:secret@localhost:5672/", "rabbitmq"),
-        ("redis://localhost:6379/0", "redis"),
-    ] {
+    let backends = [
+        ("kafka://localhost:9092", "kafka", cfg!(feature = "kafka")),
+        (
+            "amqp://guest:secret@localhost:5672/",
+            "rabbitmq",
+            cfg!(feature = "rabbitmq"),
+        ),
+        ("redis://localhost:6379/0", "redis", cfg!(feature = "redis")),
+    ];
+    for (url, backend, _) in backends.iter().filter(|(_, _, enabled)| !enabled) {
         let err = polybus::connect_url(url)
             .await
             .err()

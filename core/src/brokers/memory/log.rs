@@ -86,13 +86,14 @@ impl Topic {
     }
 
     /// Makes room for one more message by evicting old messages every group has settled.
-    /// Returns false when the log is full of messages some group still needs.
+    /// Returns false when the log is full of messages some group still needs, or that no
+    /// group has read yet because the topic has no group so far.
     pub fn make_room(&mut self, capacity: usize) -> bool {
         if self.log.len() < capacity {
             return true;
         }
         let needed = self.groups.values().map(Group::low_water).min();
-        while self.log.len() >= capacity && needed.is_none_or(|low| self.base < low) {
+        while self.log.len() >= capacity && needed.is_some_and(|low| self.base < low) {
             self.log.pop_front();
             self.base += 1;
         }

@@ -4,7 +4,8 @@
 //!
 //! Guarantees: at-least-once within the process. A message stays until every group reading
 //! its topic has acknowledged or rejected it; beyond that the newest `capacity` messages per
-//! topic are kept for replay. Nothing survives the process.
+//! topic are kept for replay. A topic no group reads yet keeps everything up to `capacity`,
+//! then publishers wait for a consumer. Nothing survives the process.
 
 mod log;
 
