@@ -82,7 +82,7 @@ pub enum StartPosition {
     Earliest,
     /// A new group starts with messages published from now on. An existing group resumes.
     Latest,
-    /// Moves the group to this offset (replay). Needs [`Capabilities::replay`].
+    /// Moves the group to this offset (replay). Needs [`Capabilities::offset_replay`].
     Offset(i64),
     /// Moves the group to the first message appended at or after this time in milliseconds
     /// since the Unix epoch (replay). Needs [`Capabilities::replay`].

@@ -20,6 +20,8 @@ pub struct Capabilities {
     pub delayed_redelivery: bool,
     /// A subscription can start from an offset or a timestamp in retained history.
     pub replay: bool,
+    /// A subscription can start from an integer offset.
+    pub offset_replay: bool,
     /// Headers travel as native broker headers rather than inside an envelope.
     pub native_headers: bool,
     /// Subscriptions may use wildcard patterns (`orders.*`).

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bridge;
 pub mod broker;
 pub mod brokers;
 pub mod capabilities;

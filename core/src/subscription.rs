@@ -55,7 +55,10 @@ impl DeliverySink {
 
     /// Reports a fatal error to the consumer; the subscription ends after it.
     pub async fn fail(&self, error: Error) {
-        let _ = self.tx.send(Err(error)).await;
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            _ = self.tx.send(Err(error)) => {}
+        }
     }
 
     /// Says whether the subscription is receiving now (for Kafka: partitions are assigned).
@@ -220,23 +223,26 @@ impl Subscription {
 
     async fn shutdown(&mut self) -> Result<()> {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            if let Err(err) = task.await {
-                if err.is_panic() {
-                    return Err(Error::Broker {
-                        backend: "subscription",
-                        reason: "the fetch task panicked".into(),
-                    });
-                }
-            }
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+            && err.is_panic()
+        {
+            return Err(Error::Broker {
+                backend: "subscription",
+                reason: "the fetch task panicked".into(),
+            });
         }
         self.rx.close();
+        let mut first_error = None;
         while let Ok(item) = self.rx.try_recv() {
-            if let Ok(delivery) = item {
-                delivery.release().await?;
+            if let Ok(delivery) = item
+                && let Err(err) = delivery.release().await
+            {
+                tracing::warn!(error = %err, "releasing an unread delivery failed; the broker redelivers it");
+                first_error.get_or_insert(err);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

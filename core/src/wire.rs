@@ -12,8 +12,25 @@ pub const HEADER_CONTENT_TYPE: &str = "polybus-content-type";
 /// Header carrying the delivery attempt a retried message is on (absent means 1).
 pub const HEADER_ATTEMPT: &str = "polybus-attempt";
 
+/// Header carrying the message key, on brokers without a native key (RabbitMQ).
+pub const HEADER_KEY: &str = "polybus-key";
+/// Header carrying the timestamp in milliseconds, on brokers whose native timestamp is coarser
+/// (RabbitMQ's is in seconds).
+pub const HEADER_TIMESTAMP: &str = "polybus-timestamp";
+
+/// Header carrying the topic, on brokers where a retried or dead-lettered message travels
+/// under another routing key (RabbitMQ).
+pub const HEADER_TOPIC: &str = "polybus-topic";
+
 /// Header names reserved for the transport: a user header may not use them.
-pub const RESERVED_HEADERS: [&str; 3] = [HEADER_ID, HEADER_CONTENT_TYPE, HEADER_ATTEMPT];
+pub const RESERVED_HEADERS: [&str; 6] = [
+    HEADER_ID,
+    HEADER_CONTENT_TYPE,
+    HEADER_ATTEMPT,
+    HEADER_KEY,
+    HEADER_TIMESTAMP,
+    HEADER_TOPIC,
+];
 
 /// The content type to assume for a payload that came without one (a non-Polybus producer):
 /// JSON when it parses as a JSON object or array, raw bytes otherwise.

@@ -209,8 +209,12 @@ async fn the_null_broker_accepts_counts_and_drops() {
 async fn backends_not_in_this_build_say_which_feature_enables_them() {
     let backends = [
         ("kafka://localhost:9092", "kafka", cfg!(feature = "kafka")),
-        ("amqp://guest:secret@localhost:5672/", "rabbitmq", false),
-        ("redis://localhost:6379/0", "redis", false),
+        (
+            "amqp://guest:secret@localhost:5672/",
+            "rabbitmq",
+            cfg!(feature = "rabbitmq"),
+        ),
+        ("redis://localhost:6379/0", "redis", cfg!(feature = "redis")),
     ];
     for (url, backend, _) in backends.iter().filter(|(_, _, enabled)| !enabled) {
         let err = polybus::connect_url(url)

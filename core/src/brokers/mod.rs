@@ -4,12 +4,18 @@
 pub mod kafka;
 pub mod memory;
 pub mod null;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::sync::Arc;
 
 use crate::broker::SharedBroker;
 use crate::config::BrokerConfig;
-use crate::error::{Error, Result};
+#[cfg(not(all(feature = "kafka", feature = "rabbitmq", feature = "redis")))]
+use crate::error::Error;
+use crate::error::Result;
 
 /// Connects to the broker `config` describes.
 ///
@@ -26,10 +32,16 @@ pub async fn connect(config: &BrokerConfig) -> Result<SharedBroker> {
             backend: "kafka",
             feature: "kafka",
         }),
+        #[cfg(feature = "rabbitmq")]
+        BrokerConfig::RabbitMq(amqp) => Ok(Arc::new(rabbitmq::RabbitMqBroker::new(amqp)?)),
+        #[cfg(not(feature = "rabbitmq"))]
         BrokerConfig::RabbitMq(_) => Err(Error::BackendNotEnabled {
             backend: "rabbitmq",
             feature: "rabbitmq",
         }),
+        #[cfg(feature = "redis")]
+        BrokerConfig::Redis(redis) => Ok(Arc::new(redis::RedisBroker::connect(redis).await?)),
+        #[cfg(not(feature = "redis"))]
         BrokerConfig::Redis(_) => Err(Error::BackendNotEnabled {
             backend: "redis",
             feature: "redis",

@@ -30,6 +30,8 @@ pub(crate) const REDIS_PARAMS: &[&str] = &[
     "delete_after_ack",
     "claim_idle_ms",
     "connection_timeout",
+    "response_timeout_ms",
+    "envelope",
 ];
 
 pub(crate) fn parse_url(raw: &str) -> Result<BrokerConfig> {

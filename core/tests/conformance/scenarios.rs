@@ -119,12 +119,12 @@ pub async fn invalid_messages_are_refused_with_a_clear_error(broker: SharedBroke
         .await
         .unwrap_err();
     assert!(err.to_string().contains("has space"), "{err}");
+    let ok = unique("ok");
+    let sub = broker.subscribe(spec(&ok, "g")).await.unwrap();
     let results = broker
-        .publish_batch(vec![
-            Message::bytes(unique("ok"), "x"),
-            Message::bytes("", "x"),
-        ])
+        .publish_batch(vec![Message::bytes(&ok, "x"), Message::bytes("", "x")])
         .await;
+    sub.close().await.unwrap();
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(
         matches!(results[1], Err(Error::InvalidMessage(_))),
@@ -251,6 +251,10 @@ pub async fn nack_redelivers_with_attempt_incremented(broker: SharedBroker) {
     assert_eq!(
         (second.message.id.as_str(), second.attempt),
         (id.as_str(), 2)
+    );
+    assert_eq!(
+        second.message.topic, topic,
+        "a redelivered message keeps its topic"
     );
     assert!(second.meta.redelivered);
     second.nack(None).await.unwrap();
@@ -608,7 +612,9 @@ pub async fn ten_thousand_messages_are_consumed_exactly_once(broker: SharedBroke
 }
 
 pub async fn replay_from_an_offset(broker: SharedBroker) {
-    if !requires(&broker, "replay", |c| c.replay) {
+    if !requires(&broker, "replay from an integer offset", |c| {
+        c.offset_replay
+    }) {
         return;
     }
     let topic = unique("replay-offset");

@@ -103,10 +103,11 @@ impl OffsetTracker {
 
     /// A handed-out message was acknowledged or rejected: the commit position may move past it.
     pub fn settled(&self, tp: &TopicPartition, generation: u64, offset: i64) {
-        if let Some(state) = self.lock().get_mut(tp) {
-            if state.generation == generation && state.pending.remove(&offset) {
-                state.handed_out = state.handed_out.saturating_sub(1);
-            }
+        if let Some(state) = self.lock().get_mut(tp)
+            && state.generation == generation
+            && state.pending.remove(&offset)
+        {
+            state.handed_out = state.handed_out.saturating_sub(1);
         }
     }
 

@@ -41,6 +41,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     redelivery: true,
     delayed_redelivery: true,
     replay: true,
+    offset_replay: true,
     native_headers: true,
     pattern_subscriptions: false,
 };

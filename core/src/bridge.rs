@@ -1,0 +1,181 @@
+//! The consumer runtime's handler for code in another language: deliveries are handed out in
+//! batches to a foreign event loop (Python's asyncio, PHP's consume loop), which reports the
+//! outcomes back in batches. Concurrency, per-key order, retries and acknowledgements stay in
+//! the runtime; the binding only converts values and calls its handler.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::consumer::{Handler, HandlerError};
+use crate::delivery::{Delivery, DeliveryMeta};
+use crate::message::Message;
+
+/// One message for the foreign handler, with the token its outcome is reported under.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Identifies the job in [`HandlerBridge::complete`].
+    pub token: u64,
+    /// The message.
+    pub message: Message,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    /// Broker metadata.
+    pub meta: DeliveryMeta,
+}
+
+/// Connects the consumer runtime to a foreign handler. Create one, give
+/// [`handler`](HandlerBridge::handler) to [`crate::Consumer::start`], then loop on
+/// [`next_batch`](HandlerBridge::next_batch) and [`complete`](HandlerBridge::complete).
+pub struct HandlerBridge {
+    jobs_tx: mpsc::Sender<Job>,
+    jobs_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Result<(), HandlerError>>>>,
+    next_token: AtomicU64,
+}
+
+impl HandlerBridge {
+    /// A bridge holding at most `capacity` jobs not yet taken by the foreign side (use the
+    /// subscription's concurrency: the runtime never has more in flight).
+    pub fn new(capacity: usize) -> std::sync::Arc<Self> {
+        let (jobs_tx, jobs_rx) = mpsc::channel(capacity.max(1));
+        std::sync::Arc::new(HandlerBridge {
+            jobs_tx,
+            jobs_rx: tokio::sync::Mutex::new(jobs_rx),
+            waiting: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+        })
+    }
+
+    /// The handler to run the consumer with.
+    pub fn handler(self: &std::sync::Arc<Self>) -> std::sync::Arc<dyn Handler> {
+        std::sync::Arc::new(BridgeHandler(self.clone()))
+    }
+
+    /// Waits up to `wait` for at least one job, then takes up to `max` that are ready.
+    /// An empty batch means nothing arrived in time.
+    pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<Job> {
+        let mut jobs = self.jobs_rx.lock().await;
+        let mut batch = Vec::new();
+        match tokio::time::timeout(wait, jobs.recv()).await {
+            Ok(Some(job)) => batch.push(job),
+            Ok(None) | Err(_) => return batch,
+        }
+        while batch.len() < max.max(1) {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Reports outcomes: `Ok` acknowledges, `Err` applies the consumer's retry policy.
+    /// Unknown tokens (jobs the runtime gave up on at a stop timeout) are ignored.
+    pub fn complete(&self, outcomes: impl IntoIterator<Item = (u64, Result<(), HandlerError>)>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        for (token, outcome) in outcomes {
+            if let Some(reply) = waiting.remove(&token) {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Jobs handed out and not completed yet.
+    pub fn in_flight(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+struct BridgeHandler(std::sync::Arc<HandlerBridge>);
+
+#[async_trait]
+impl Handler for BridgeHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        let bridge = &self.0;
+        let token = bridge.next_token.fetch_add(1, Ordering::Relaxed);
+        let (reply, outcome) = oneshot::channel();
+        bridge
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, reply);
+        let job = Job {
+            token,
+            message: delivery.message.clone(),
+            attempt: delivery.attempt,
+            meta: delivery.meta.clone(),
+        };
+        let forget = |bridge: &HandlerBridge| {
+            bridge
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&token);
+        };
+        if bridge.jobs_tx.send(job).await.is_err() {
+            forget(bridge);
+            return Err(HandlerError::retryable("the handler bridge is closed"));
+        }
+        match outcome.await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::retryable(
+                "the foreign handler dropped the message",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::brokers::memory::MemoryBroker;
+    use crate::{Consumer, ConsumerOptions, Publisher, RetryPolicy, SubscriptionSpec};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn jobs_arrive_in_batches_and_outcomes_settle_them() {
+        let broker = Arc::new(MemoryBroker::new(Default::default()));
+        for n in 0..10 {
+            broker
+                .publish(Message::text("t", n.to_string()))
+                .await
+                .unwrap();
+        }
+        let bridge = HandlerBridge::new(8);
+        let options = ConsumerOptions {
+            retry: RetryPolicy::fixed(1, Duration::ZERO),
+            ..Default::default()
+        };
+        let spec = SubscriptionSpec::new(["t"], "g").with_concurrency(8);
+        let consumer = Consumer::start(broker.clone(), spec, bridge.handler(), options)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut failed_once = false;
+        while seen.len() < 10 {
+            let batch = bridge.next_batch(100, Duration::from_secs(5)).await;
+            assert!(!batch.is_empty(), "jobs should keep coming");
+            let outcomes: Vec<_> = batch
+                .iter()
+                .map(|job| {
+                    let text = job.message.payload_str().unwrap().to_owned();
+                    if text == "3" && !failed_once {
+                        failed_once = true;
+                        return (job.token, Err(HandlerError::retryable("once")));
+                    }
+                    seen.push(text);
+                    (job.token, Ok(()))
+                })
+                .collect();
+            bridge.complete(outcomes);
+        }
+        let report = consumer.stop().await.unwrap();
+        assert_eq!((report.stats.succeeded, report.stats.retried), (10, 1));
+        assert_eq!(bridge.in_flight(), 0);
+    }
+}

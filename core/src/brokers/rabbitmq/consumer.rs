@@ -1,0 +1,210 @@
+//! A RabbitMQ subscription: a consumer on a group's queue that reconnects, re-declares and
+//! resumes after the connection is lost; and the acknowledgements of its deliveries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+
+use super::Shared;
+use super::codec::from_amqp;
+use crate::delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::subscription::DeliverySink;
+
+/// What a subscription consumes: a queue (with the topology that feeds it).
+pub(super) struct QueueSource {
+    pub queue: String,
+    pub group: Option<String>,
+    pub prefetch: u16,
+}
+
+/// Consumes `source` until the subscription closes, reconnecting with capped exponential
+/// backoff whenever the connection or channel is lost.
+pub(super) async fn run(shared: Arc<Shared>, source: QueueSource, sink: DeliverySink) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if sink.is_cancelled() {
+            return;
+        }
+        match consume_once(&shared, &source, &sink).await {
+            Ok(Ended::Closed) => return,
+            Ok(Ended::Lost) => {
+                backoff = Duration::from_millis(100);
+                tracing::warn!(queue = %source.queue, "rabbitmq consumer lost its channel; reconnecting");
+            }
+            Err(err) => {
+                tracing::warn!(queue = %source.queue, error = %err, retry_in = ?backoff, "rabbitmq consumer could not start; retrying");
+                tokio::select! {
+                    _ = sink.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+enum Ended {
+    /// The subscription was closed.
+    Closed,
+    /// The channel or connection went away.
+    Lost,
+}
+
+async fn consume_once(
+    shared: &Arc<Shared>,
+    source: &QueueSource,
+    sink: &DeliverySink,
+) -> Result<Ended> {
+    let channel = shared.new_channel(&shared.consume_link).await?;
+    channel
+        .basic_qos(source.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|err| shared.consume_link.error(err))?;
+    let tag = format!("polybus-{}", &crate::message::new_message_id()[24..]);
+    let mut consumer = channel
+        .basic_consume(
+            source.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|err| shared.consume_link.error(err))?;
+    sink.set_ready(true);
+    let ended = loop {
+        let next = tokio::select! {
+            biased;
+            _ = sink.cancelled() => break Ended::Closed,
+            next = consumer.next() => next,
+        };
+        let amqp = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(err)) => {
+                tracing::warn!(queue = %source.queue, error = %err, "rabbitmq consumer error");
+                break Ended::Lost;
+            }
+            None => break Ended::Lost,
+        };
+        let (message, attempt) = from_amqp(amqp.routing_key.as_str(), &amqp.properties, amqp.data);
+        let meta = DeliveryMeta {
+            delivery_tag: Some(amqp.delivery_tag),
+            redelivered: amqp.redelivered || attempt > 1,
+            group: source.group.clone(),
+            ..Default::default()
+        };
+        let acker = AmqpAcker {
+            acker: amqp.acker,
+            shared: shared.clone(),
+            queue: source.queue.clone(),
+            attempt,
+        };
+        if sink
+            .send(Delivery::new(message, attempt, meta, Box::new(acker)))
+            .await
+            .is_err()
+        {
+            break Ended::Closed;
+        }
+    };
+    sink.set_ready(false);
+    if matches!(ended, Ended::Closed) {
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
+    // Closing the channel hands every unacknowledged message back to the queue.
+    let _ = channel
+        .close(200, "polybus subscription closed".into())
+        .await;
+    Ok(ended)
+}
+
+/// Settles one AMQP delivery. A nack republishes the message with the attempt raised (after a
+/// delay through a TTL queue when asked) and then acknowledges the original, so the attempt
+/// count travels with the message; a release hands it back as it is.
+struct AmqpAcker {
+    acker: lapin::Acker,
+    shared: Arc<Shared>,
+    queue: String,
+    attempt: u32,
+}
+
+impl AmqpAcker {
+    fn lost(&self) -> Error {
+        Error::Connection {
+            target: self.shared.target.clone(),
+            reason: "the channel was closed before the acknowledgement; the broker delivers the message again".into(),
+        }
+    }
+
+    fn check(&self, result: std::result::Result<bool, lapin::Error>) -> Result<()> {
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.lost()),
+            Err(err) => Err(self.shared.consume_link.error(err)),
+        }
+    }
+}
+
+#[async_trait]
+impl Acknowledger for AmqpAcker {
+    async fn settle(self: Box<Self>, outcome: Settlement, message: Message) -> Result<()> {
+        match outcome {
+            Settlement::Ack => {
+                let result = self.acker.ack(BasicAckOptions::default()).await;
+                self.check(result)
+            }
+            Settlement::Reject => {
+                let result = self
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+                self.check(result)
+            }
+            Settlement::Release => {
+                // A closed channel hands the message back on its own.
+                let _ = self
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+                Ok(())
+            }
+            Settlement::Requeue { delay } => {
+                let again = self.attempt + 1;
+                match self
+                    .shared
+                    .republish(&self.queue, &message, again, delay)
+                    .await
+                {
+                    Ok(()) => {
+                        let result = self.acker.ack(BasicAckOptions::default()).await;
+                        self.check(result)
+                    }
+                    Err(err) => {
+                        // Not lost: give it back as it is.
+                        let _ = self
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await;
+                        Err(err)
+                    }
+                }
+            }
+        }
+    }
+}

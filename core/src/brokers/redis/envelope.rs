@@ -1,0 +1,217 @@
+//! The JSON envelope that carries a Polybus message through a Redis list or pub/sub channel,
+//! which have no headers of their own:
+//!
+//! ```json
+//! {"polybus":1,"id":"0190…","topic":"orders.created","key":"customer-7",
+//!  "headers":{"trace-id":"abc"},"content_type":"application/json",
+//!  "timestamp":1718000000000,"attempt":1,"payload":{"order_id":1}}
+//! ```
+//!
+//! A JSON payload is embedded as it is (`payload`, byte for byte); any other payload travels
+//! base64-encoded in `payload_base64` instead. An item that is not such an envelope (what a
+//! plain `LPUSH topic '{"source_id":1}'` writes) is a foreign payload: taken whole, with a fresh
+//! id and its content type sniffed.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::message::{Headers, Message};
+use crate::wire::sniff_content_type;
+
+/// The envelope format version, written as the `polybus` field.
+pub(super) const VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    polybus: u32,
+    id: &'a str,
+    topic: &'a str,
+    key: Option<&'a str>,
+    headers: &'a Headers,
+    content_type: &'a str,
+    timestamp: i64,
+    attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    polybus: u32,
+    id: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    headers: Headers,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(default)]
+    attempt: Option<u32>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+}
+
+/// True for `application/json` and `application/<anything>+json`, parameters aside.
+pub(super) fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The payload as an embeddable JSON value, when it is JSON and embedding keeps it byte for
+/// byte (no surrounding whitespace; `null` is left out as it would read as "no payload").
+fn embeddable(message: &Message) -> Option<&RawValue> {
+    if !is_json_content_type(&message.content_type) {
+        return None;
+    }
+    let raw: &RawValue = serde_json::from_slice(&message.payload).ok()?;
+    (raw.get().len() == message.payload.len() && raw.get() != "null").then_some(raw)
+}
+
+/// The envelope for `message` on its `attempt`, as JSON bytes.
+pub(super) fn encode(message: &Message, attempt: u32) -> Vec<u8> {
+    let payload = embeddable(message);
+    let envelope = Outgoing {
+        polybus: VERSION,
+        id: &message.id,
+        topic: &message.topic,
+        key: message.key.as_deref(),
+        headers: &message.headers,
+        content_type: &message.content_type,
+        timestamp: message.timestamp_ms,
+        attempt: attempt.max(1),
+        payload,
+        payload_base64: payload.is_none().then(|| BASE64.encode(&message.payload)),
+    };
+    // Serializing borrowed strings, maps of strings and numbers cannot fail; the fallback
+    // keeps the payload rather than panicking should that ever change.
+    serde_json::to_vec(&envelope).unwrap_or_else(|_| message.payload.to_vec())
+}
+
+/// What is written for `message`: the envelope, or the bare payload when `envelope` is off.
+pub(super) fn item(message: &Message, attempt: u32, envelope: bool) -> Vec<u8> {
+    if envelope {
+        encode(message, attempt)
+    } else {
+        message.payload.to_vec()
+    }
+}
+
+/// Reads an item taken from `topic`: the message and the attempt it is on.
+pub(super) fn decode(raw: &[u8], topic: &str) -> (Message, u32) {
+    if let Some(decoded) = decode_envelope(raw, topic) {
+        return decoded;
+    }
+    let payload = Bytes::copy_from_slice(raw);
+    let content_type = sniff_content_type(raw);
+    (
+        Message::bytes(topic, payload).with_content_type(content_type),
+        1,
+    )
+}
+
+fn decode_envelope(raw: &[u8], topic: &str) -> Option<(Message, u32)> {
+    let first = raw.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' || !raw.windows(9).any(|w| w == b"\"polybus\"") {
+        return None;
+    }
+    let incoming: Incoming<'_> = serde_json::from_slice(raw).ok()?;
+    if incoming.polybus < 1 || incoming.id.is_empty() {
+        return None;
+    }
+    let payload = match (incoming.payload, &incoming.payload_base64) {
+        (Some(json), _) => Bytes::copy_from_slice(json.get().as_bytes()),
+        (None, Some(encoded)) => Bytes::from(BASE64.decode(encoded).ok()?),
+        (None, None) => Bytes::new(),
+    };
+    let content_type = incoming
+        .content_type
+        .unwrap_or_else(|| sniff_content_type(&payload).to_owned());
+    let mut message = Message::bytes(topic, payload)
+        .with_id(incoming.id)
+        .with_content_type(content_type);
+    message.key = incoming.key;
+    message.headers = incoming.headers;
+    if let Some(timestamp) = incoming.timestamp {
+        message.timestamp_ms = timestamp;
+    }
+    let attempt = incoming.attempt.filter(|a| *a >= 1).unwrap_or(1);
+    Some((message, attempt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_payloads_are_embedded_and_round_trip() {
+        let message = Message::json("orders", &serde_json::json!({"order_id": 1}))
+            .unwrap()
+            .with_key("k")
+            .with_header("trace-id", "abc");
+        let raw = encode(&message, 2);
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(text.starts_with(r#"{"polybus":1,"id":""#), "{text}");
+        assert!(text.contains(r#""payload":{"order_id":1}"#), "{text}");
+        let (back, attempt) = decode(&raw, "orders");
+        assert_eq!(back, message);
+        assert_eq!(attempt, 2);
+    }
+
+    #[test]
+    fn binary_payloads_travel_as_base64() {
+        let message =
+            Message::bytes("t", &b"\x00binary\xff"[..]).with_content_type("application/x-test");
+        let raw = encode(&message, 1);
+        let text = String::from_utf8(raw.clone()).unwrap();
+        assert!(text.contains("payload_base64"), "{text}");
+        assert_eq!(decode(&raw, "t").0, message);
+    }
+
+    #[test]
+    fn json_that_would_not_round_trip_is_base64() {
+        for body in [&b" {\"a\":1}"[..], b"null", b"{bad"] {
+            let message = Message::bytes("t", body).with_content_type("application/json");
+            let raw = encode(&message, 1);
+            assert!(String::from_utf8_lossy(&raw).contains("payload_base64"));
+            assert_eq!(decode(&raw, "t").0.payload, message.payload);
+        }
+    }
+
+    #[test]
+    fn foreign_items_are_taken_whole() {
+        let (message, attempt) = decode(br#"{"source_id":1}"#, "source.fetch.failed");
+        assert_eq!(&message.payload[..], br#"{"source_id":1}"#);
+        assert_eq!(message.content_type, "application/json");
+        assert_eq!(message.topic, "source.fetch.failed");
+        assert_eq!(attempt, 1);
+        assert!(!message.id.is_empty());
+        let (message, _) = decode(b"plain text", "t");
+        assert_eq!(message.content_type, "application/octet-stream");
+        // Mentions the field but is not an envelope.
+        let (message, _) = decode(br#"{"polybus":"yes"}"#, "t");
+        assert_eq!(&message.payload[..], br#"{"polybus":"yes"}"#);
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_content_type("application/vnd.api+json"));
+        assert!(!is_json_content_type("text/plain"));
+    }
+}

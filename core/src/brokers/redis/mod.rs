@@ -1,0 +1,296 @@
+//! The Redis backend, on redis-rs, in three modes chosen with `?mode=` in the URL:
+//!
+//! - **list** (the default): a queue per topic. `LPUSH` to the list named like the topic;
+//!   consumers move items atomically into a processing list of their own (`BLMOVE`), so an
+//!   item is never lost between taking and acknowledging it. An ack removes it, a nack puts
+//!   it back (with the attempt raised) at once or through a delayed set, and the processing
+//!   lists of consumers whose heartbeat expired go back to the list. At-least-once; group
+//!   members share the list; no fan-out, no replay.
+//! - **pubsub**: `PUBLISH` / `SUBSCRIBE` (`PSUBSCRIBE` for topics with `*`, `?` or `[`).
+//!   At-most-once: nothing is kept for absent subscribers and there are no acknowledgements.
+//!   Every subscription receives every message (fan-out).
+//! - **streams**: `XADD` to the stream named like the topic; consumer groups with
+//!   `XREADGROUP` / `XACK`; entries pending with a silent consumer are claimed by another
+//!   member (`XAUTOCLAIM`); nacks go to a retry stream of the group; replay from a timestamp.
+//!   At-least-once, fan-out to every group, native fields instead of an envelope.
+//!
+//! Commands share one multiplexed connection that reconnects by itself; each subscription has
+//! its own connection for blocking reads, reconnected with capped exponential backoff. Redis
+//! Sentinel and Cluster are not supported yet.
+
+mod conn;
+mod envelope;
+mod keys;
+mod list;
+mod pubsub;
+mod scripts;
+mod settings;
+mod streams;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{Client, Cmd, Value};
+use async_trait::async_trait;
+
+use self::settings::Settings;
+use crate::broker::{Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec};
+use crate::capabilities::Capabilities;
+use crate::config::{RedisConfig, RedisMode};
+use crate::error::{Error, Result};
+use crate::message::Message;
+use crate::subscription::Subscription;
+
+const LIST_CAPABILITIES: Capabilities = Capabilities {
+    persistent: true,
+    consumer_groups: true,
+    fan_out: false,
+    ordering_per_key: false,
+    acknowledgements: true,
+    redelivery: true,
+    delayed_redelivery: true,
+    replay: false,
+    offset_replay: false,
+    native_headers: false,
+    pattern_subscriptions: false,
+};
+
+const PUBSUB_CAPABILITIES: Capabilities = Capabilities {
+    persistent: false,
+    consumer_groups: false,
+    fan_out: true,
+    ordering_per_key: false,
+    acknowledgements: false,
+    redelivery: false,
+    delayed_redelivery: false,
+    replay: false,
+    offset_replay: false,
+    native_headers: false,
+    pattern_subscriptions: true,
+};
+
+const STREAMS_CAPABILITIES: Capabilities = Capabilities {
+    persistent: true,
+    consumer_groups: true,
+    fan_out: true,
+    ordering_per_key: false,
+    acknowledgements: true,
+    redelivery: true,
+    delayed_redelivery: true,
+    replay: true,
+    offset_replay: false,
+    native_headers: true,
+    pattern_subscriptions: false,
+};
+
+/// A Redis server, in the mode its URL chose. Cloning gives another handle on the same
+/// connection.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+/// What the broker and its subscriptions share.
+struct Inner {
+    settings: Arc<Settings>,
+    client: Client,
+    manager: ConnectionManager,
+    closed: AtomicBool,
+}
+
+impl Inner {
+    /// A handle on the shared command connection.
+    fn manager(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
+    fn error(&self, err: ::redis::RedisError) -> Error {
+        conn::error(&self.settings, err)
+    }
+}
+
+impl RedisBroker {
+    /// Connects to the server `config` describes; fails when it cannot be reached.
+    pub async fn connect(config: &RedisConfig) -> Result<Self> {
+        let settings = Arc::new(Settings::from_config(config)?);
+        let info = Settings::connection_info(config)?;
+        let client = Client::open(info).map_err(|err| Error::Connection {
+            target: settings.target.clone(),
+            reason: err.to_string(),
+        })?;
+        let manager = conn::manager(&client, &settings).await?;
+        tracing::debug!(target_url = %settings.target, mode = settings.mode.as_str(), "connected to redis");
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                settings,
+                client,
+                manager,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The mode this broker runs in.
+    pub fn mode(&self) -> RedisMode {
+        self.inner.settings.mode
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed("redis publisher"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The command that publishes `message` in this mode.
+    fn publish_command(&self, message: &Message) -> Cmd {
+        let settings = &self.inner.settings;
+        match settings.mode {
+            RedisMode::List => {
+                let mut cmd = ::redis::cmd("LPUSH");
+                cmd.arg(&message.topic)
+                    .arg(envelope::item(message, 1, settings.envelope));
+                cmd
+            }
+            RedisMode::PubSub => {
+                let mut cmd = ::redis::cmd("PUBLISH");
+                cmd.arg(&message.topic)
+                    .arg(envelope::item(message, 1, settings.envelope));
+                cmd
+            }
+            RedisMode::Streams => streams::xadd(&message.topic, message, 1, settings.maxlen),
+        }
+    }
+
+    /// The receipt for `message` given the server's reply to its publish command.
+    fn receipt(&self, message: &Message, reply: &Value) -> PublishReceipt {
+        let mut receipt = PublishReceipt {
+            id: message.id.clone(),
+            ..Default::default()
+        };
+        match self.inner.settings.mode {
+            RedisMode::List => {}
+            RedisMode::PubSub => {
+                receipt.receivers = conn::int_of(reply).and_then(|n| u64::try_from(n).ok());
+            }
+            RedisMode::Streams => receipt.stream_id = conn::text_of(reply),
+        }
+        receipt
+    }
+}
+
+#[async_trait]
+impl Publisher for RedisBroker {
+    async fn publish(&self, message: Message) -> Result<PublishReceipt> {
+        self.ensure_open()?;
+        message.validate()?;
+        let reply = self
+            .publish_command(&message)
+            .query_async::<Value>(&mut self.inner.manager())
+            .await
+            .map_err(|err| self.inner.error(err))?;
+        Ok(self.receipt(&message, &reply))
+    }
+
+    /// Sends every valid message in one pipeline: one round trip for the whole batch.
+    async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishReceipt>> {
+        if self.ensure_open().is_err() {
+            return messages
+                .iter()
+                .map(|_| Err(Error::Closed("redis publisher")))
+                .collect();
+        }
+        let mut results: Vec<Option<Result<PublishReceipt>>> = Vec::with_capacity(messages.len());
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            match message.validate() {
+                Ok(()) => {
+                    pipe.add_command(self.publish_command(message));
+                    sent.push(index);
+                    results.push(None);
+                }
+                Err(err) => results.push(Some(Err(err))),
+            }
+        }
+        if !sent.is_empty() {
+            match pipe
+                .query_async::<Vec<Value>>(&mut self.inner.manager())
+                .await
+            {
+                Ok(replies) => {
+                    for (position, index) in sent.iter().enumerate() {
+                        results[*index] = Some(match replies.get(position) {
+                            Some(Value::ServerError(err)) => Err(Error::Broker {
+                                backend: "redis",
+                                reason: err.to_string(),
+                            }),
+                            Some(reply) => Ok(self.receipt(&messages[*index], reply)),
+                            None => Err(Error::Broker {
+                                backend: "redis",
+                                reason: "the pipeline returned fewer replies than commands".into(),
+                            }),
+                        });
+                    }
+                }
+                Err(err) => {
+                    for index in &sent {
+                        results[*index] = Some(Err(self.inner.error(err.clone())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Broker {
+                        backend: "redis",
+                        reason: "message was not sent".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Nothing to flush: every publish resolves once the server has replied.
+    async fn flush(&self, _timeout: Duration) -> Result<()> {
+        self.ensure_open()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscriber for RedisBroker {
+    async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Subscription> {
+        spec.validate()?;
+        let inner = self.inner.clone();
+        match self.inner.settings.mode {
+            RedisMode::List => list::subscribe(inner, spec).await,
+            RedisMode::PubSub => pubsub::subscribe(inner, spec).await,
+            RedisMode::Streams => streams::subscribe(inner, spec).await,
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.inner.settings.mode {
+            RedisMode::List => LIST_CAPABILITIES,
+            RedisMode::PubSub => PUBSUB_CAPABILITIES,
+            RedisMode::Streams => STREAMS_CAPABILITIES,
+        }
+    }
+}

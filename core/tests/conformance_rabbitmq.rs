@@ -1,0 +1,16 @@
+//! The behaviour suite on a real RabbitMQ server (`make test` starts one on 127.0.0.1:5672;
+//! `POLYBUS_TEST_AMQP_URL` points elsewhere).
+
+mod conformance;
+
+use polybus::SharedBroker;
+
+async fn rabbitmq() -> SharedBroker {
+    let url = std::env::var("POLYBUS_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned());
+    polybus::connect_url(&url)
+        .await
+        .unwrap_or_else(|err| panic!("connecting to the test RabbitMQ server: {err}"))
+}
+
+conformance::suite!(rabbitmq);
