@@ -39,6 +39,14 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Flushes and releases the connection. Later calls fail with [`Error::Closed`].
     async fn close(&self) -> Result<()>;
+
+    /// Makes sure messages published to `topic` are kept even if nobody has subscribed yet
+    /// (used for dead-letter topics): RabbitMQ declares a durable queue of that name bound to
+    /// it, Kafka creates the topic. Most brokers keep them anyway: the default does nothing.
+    async fn prepare_topic(&self, topic: &str) -> Result<()> {
+        let _ = topic;
+        Ok(())
+    }
 }
 
 /// Publishes `messages` one after another: for in-process backends, where a publish does

@@ -22,6 +22,27 @@ pub const HEADER_TIMESTAMP: &str = "polybus-timestamp";
 /// under another routing key (RabbitMQ).
 pub const HEADER_TOPIC: &str = "polybus-topic";
 
+/// Dead-letter header: why the message failed for good.
+pub const DLQ_ERROR: &str = "polybus-dlq-error";
+/// Dead-letter header: the kind of error (exception class, error type).
+pub const DLQ_ERROR_TYPE: &str = "polybus-dlq-error-type";
+/// Dead-letter header: how many deliveries were tried.
+pub const DLQ_ATTEMPTS: &str = "polybus-dlq-attempts";
+/// Dead-letter header: the topic the message failed on.
+pub const DLQ_TOPIC: &str = "polybus-dlq-topic";
+/// Dead-letter header: the consumer group it failed in.
+pub const DLQ_GROUP: &str = "polybus-dlq-group";
+/// Dead-letter header: partition it was read from, where the broker has partitions.
+pub const DLQ_PARTITION: &str = "polybus-dlq-partition";
+/// Dead-letter header: offset (or stream id) it was read from, where the broker has one.
+pub const DLQ_OFFSET: &str = "polybus-dlq-offset";
+/// Dead-letter header: first failure, milliseconds since the Unix epoch.
+pub const DLQ_FIRST_FAILURE: &str = "polybus-dlq-first-failure-ms";
+/// Dead-letter header: last failure, milliseconds since the Unix epoch.
+pub const DLQ_LAST_FAILURE: &str = "polybus-dlq-last-failure-ms";
+/// Header set on a message when it first fails, so retries carry the first failure time.
+pub const HEADER_FIRST_FAILURE: &str = "polybus-first-failure-ms";
+
 /// Header names reserved for the transport: a user header may not use them.
 pub const RESERVED_HEADERS: [&str; 6] = [
     HEADER_ID,

@@ -43,6 +43,7 @@ fn options() -> ConsumerOptions {
     ConsumerOptions {
         retry: RetryPolicy::fixed(3, Duration::from_millis(20)),
         drain_timeout: Duration::from_secs(30),
+        ..ConsumerOptions::default()
     }
 }
 
@@ -230,6 +231,7 @@ async fn a_failed_message_is_delivered_again_after_a_restart() {
     let slow_retries = ConsumerOptions {
         retry: RetryPolicy::fixed(10, Duration::from_secs(600)),
         drain_timeout: Duration::from_secs(5),
+        ..ConsumerOptions::default()
     };
     let consumer = Consumer::start(
         broker.clone(),

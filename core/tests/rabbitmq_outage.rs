@@ -44,6 +44,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     let options = ConsumerOptions {
         retry: RetryPolicy::fixed(5, Duration::from_millis(50)),
         drain_timeout: Duration::from_secs(10),
+        ..ConsumerOptions::default()
     };
     let consumer = Consumer::start(broker.clone(), spec, Arc::new(handler), options)
         .await

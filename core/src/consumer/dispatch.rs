@@ -12,9 +12,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::dead_letter::DeadLetterer;
 use super::{ConsumerStats, Handler, HandlerError, RetryPolicy};
 use crate::delivery::Delivery;
 use crate::error::Result;
+use crate::message::now_ms;
+use crate::wire;
 
 #[derive(Default)]
 pub(super) struct Counters {
@@ -23,6 +26,7 @@ pub(super) struct Counters {
     failed: AtomicU64,
     retried: AtomicU64,
     rejected: AtomicU64,
+    dead_lettered: AtomicU64,
     released: AtomicU64,
     settle_errors: AtomicU64,
 }
@@ -36,6 +40,7 @@ impl Counters {
             failed: get(&self.failed),
             retried: get(&self.retried),
             rejected: get(&self.rejected),
+            dead_lettered: get(&self.dead_lettered),
             released: get(&self.released),
             settle_errors: get(&self.settle_errors),
         }
@@ -48,6 +53,7 @@ type Slotted = (Delivery, OwnedSemaphorePermit);
 pub(super) struct Dispatcher {
     handler: Arc<dyn Handler>,
     retry: RetryPolicy,
+    dead_letters: DeadLetterer,
     tracker: TaskTracker,
     abort: CancellationToken,
     counters: Arc<Counters>,
@@ -59,6 +65,7 @@ impl Dispatcher {
     pub fn new(
         handler: Arc<dyn Handler>,
         retry: RetryPolicy,
+        dead_letters: DeadLetterer,
         tracker: TaskTracker,
         abort: CancellationToken,
         counters: Arc<Counters>,
@@ -66,6 +73,7 @@ impl Dispatcher {
         Dispatcher {
             handler,
             retry,
+            dead_letters,
             tracker,
             abort,
             counters,
@@ -155,7 +163,7 @@ impl Dispatcher {
         }
     }
 
-    async fn fail(&self, delivery: Delivery, err: HandlerError) -> Result<()> {
+    async fn fail(&self, mut delivery: Delivery, err: HandlerError) -> Result<()> {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         let attempt = delivery.attempt;
         if !err.permanent && self.retry.allows_retry(attempt) {
@@ -165,14 +173,30 @@ impl Dispatcher {
                 error = %err, "handler failed; retrying"
             );
             self.counters.retried.fetch_add(1, Ordering::Relaxed);
-            delivery.nack(Some(delay)).await
-        } else {
-            tracing::error!(
-                id = %delivery.message.id, topic = %delivery.message.topic, attempt,
-                permanent = err.permanent, error = %err, "handler failed; rejecting the message"
-            );
-            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            delivery.reject().await
+            delivery
+                .message
+                .headers
+                .entry(wire::HEADER_FIRST_FAILURE.to_owned())
+                .or_insert_with(|| now_ms().to_string());
+            return delivery.nack(Some(delay)).await;
+        }
+        tracing::error!(
+            id = %delivery.message.id, topic = %delivery.message.topic, attempt,
+            permanent = err.permanent, error = %err, "handler failed for good"
+        );
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        match self.dead_letters.send(&delivery, &err).await {
+            Ok(true) => {
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                delivery.ack().await
+            }
+            Ok(false) => delivery.reject().await,
+            Err(publish_err) => {
+                // Never drop it: it comes back and is dead-lettered again later.
+                tracing::error!(error = %publish_err, "publishing a dead letter failed; the message comes back");
+                let delay = self.retry.max_delay;
+                delivery.nack(Some(delay)).await.and(Err(publish_err))
+            }
         }
     }
 

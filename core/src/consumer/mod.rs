@@ -2,6 +2,7 @@
 //! bounded concurrency, keeps order per key, acknowledges only after success, applies the
 //! retry policy on failure, and stops gracefully.
 
+mod dead_letter;
 mod dispatch;
 mod handler;
 mod retry;
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use dead_letter::DeadLetter;
 pub use handler::{FnHandler, Handler, HandlerError, Received, handler_fn};
 pub use retry::RetryPolicy;
 
@@ -28,6 +30,8 @@ use dispatch::{Counters, Dispatcher};
 pub struct ConsumerOptions {
     /// What happens when the handler fails.
     pub retry: RetryPolicy,
+    /// Where messages go that failed for good (retries exhausted, or a permanent failure).
+    pub dead_letter: DeadLetter,
     /// How long [`Consumer::stop`] waits for in-flight handlers before giving their messages
     /// back to the broker unprocessed.
     pub drain_timeout: Duration,
@@ -37,6 +41,7 @@ impl Default for ConsumerOptions {
     fn default() -> Self {
         ConsumerOptions {
             retry: RetryPolicy::default(),
+            dead_letter: DeadLetter::default(),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -53,8 +58,10 @@ pub struct ConsumerStats {
     pub failed: u64,
     /// Failed messages put back for a retry.
     pub retried: u64,
-    /// Failed messages rejected (retries exhausted or permanent failure).
+    /// Failed messages given up on (retries exhausted or permanent failure).
     pub rejected: u64,
+    /// Of those, messages published to the dead-letter topic.
+    pub dead_lettered: u64,
     /// Messages given back unprocessed at stop.
     pub released: u64,
     /// Acknowledgements the broker refused (the message will come again).
@@ -105,9 +112,11 @@ impl Consumer {
         let abort = CancellationToken::new();
         let tracker = TaskTracker::new();
         let counters = Arc::new(Counters::default());
+        let dead_letters = dead_letter::DeadLetterer::new(broker.clone(), options.dead_letter);
         let dispatcher = Arc::new(Dispatcher::new(
             handler,
             options.retry,
+            dead_letters,
             tracker.clone(),
             abort.clone(),
             counters.clone(),

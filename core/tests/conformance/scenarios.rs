@@ -21,6 +21,7 @@ fn quick_retries(max: u32) -> ConsumerOptions {
     ConsumerOptions {
         retry: RetryPolicy::fixed(max, Duration::from_millis(10)),
         drain_timeout: WAIT,
+        ..ConsumerOptions::default()
     }
 }
 
@@ -399,16 +400,22 @@ pub async fn failing_handler_does_not_ack(broker: SharedBroker) {
     );
 }
 
-pub async fn exhausted_retries_reject_the_message(broker: SharedBroker) {
+pub async fn exhausted_retries_go_to_the_dead_letter_topic(broker: SharedBroker) {
     if !requires(&broker, "redelivery", |c| c.redelivery) {
         return;
     }
     let topic = unique("exhausted");
+    let dead_topic = format!("{topic}.dlq");
+    // Subscribed first, so brokers that keep nothing for absent subscribers keep it too.
+    let mut dead = broker
+        .subscribe(spec(&dead_topic, "inspect"))
+        .await
+        .unwrap();
     let calls = Tally::default();
     let counted = calls.clone();
     let handler = handler_fn(move |r| {
         counted.record(&r.message.id);
-        async { Err(HandlerError::retryable("always fails")) }
+        async { Err(HandlerError::retryable("card declined").with_kind("PaymentError")) }
     });
     let consumer = Consumer::start(
         broker.clone(),
@@ -418,15 +425,80 @@ pub async fn exhausted_retries_reject_the_message(broker: SharedBroker) {
     )
     .await
     .unwrap();
-    broker
-        .publish(Message::text(&topic, "doomed"))
-        .await
-        .unwrap();
-    wait_until("three attempts", || calls.total() >= 3).await;
+    let sent = Message::text(&topic, "doomed")
+        .with_key("k-9")
+        .with_header("tenant", "eu");
+    broker.publish(sent.clone()).await.unwrap();
+    let letter = recv(&mut dead, "the dead letter").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = consumer.stop().await.unwrap();
-    assert_eq!(calls.total(), 3, "1 attempt + 2 retries, then rejected");
-    assert_eq!((report.stats.retried, report.stats.rejected), (2, 1));
+    assert_eq!(
+        calls.total(),
+        3,
+        "1 attempt + 2 retries, then dead-lettered"
+    );
+    let s = report.stats;
+    assert_eq!((s.retried, s.rejected, s.dead_lettered), (2, 1, 1));
+
+    let m = &letter.message;
+    assert_eq!(
+        (m.id.as_str(), m.key.as_deref(), &m.payload),
+        (sent.id.as_str(), Some("k-9"), &sent.payload)
+    );
+    let header = |name: &str| m.headers.get(name).map(String::as_str);
+    assert_eq!(header("tenant"), Some("eu"));
+    assert_eq!(header(polybus::wire::DLQ_ERROR), Some("card declined"));
+    assert_eq!(header(polybus::wire::DLQ_ERROR_TYPE), Some("PaymentError"));
+    assert_eq!(header(polybus::wire::DLQ_ATTEMPTS), Some("3"));
+    assert_eq!(header(polybus::wire::DLQ_TOPIC), Some(topic.as_str()));
+    let first: i64 = header(polybus::wire::DLQ_FIRST_FAILURE)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let last: i64 = header(polybus::wire::DLQ_LAST_FAILURE)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first <= last);
+    letter.ack().await.unwrap();
+    dead.close().await.unwrap();
+}
+
+pub async fn a_permanent_failure_skips_the_retries(broker: SharedBroker) {
+    let topic = unique("permanent");
+    let mut dead = broker
+        .subscribe(spec(&format!("{topic}.dlq"), "inspect"))
+        .await
+        .unwrap();
+    let calls = Tally::default();
+    let counted = calls.clone();
+    let handler = handler_fn(move |r| {
+        counted.record(&r.message.id);
+        async { Err(HandlerError::permanent("payload fails validation")) }
+    });
+    let consumer = Consumer::start(
+        broker.clone(),
+        spec(&topic, "g"),
+        Arc::new(handler),
+        quick_retries(5),
+    )
+    .await
+    .unwrap();
+    broker.publish(Message::text(&topic, "bad")).await.unwrap();
+    let letter = recv(&mut dead, "the dead letter").await;
+    assert_eq!(
+        letter
+            .message
+            .headers
+            .get(polybus::wire::DLQ_ERROR)
+            .map(String::as_str),
+        Some("payload fails validation")
+    );
+    letter.ack().await.unwrap();
+    let report = consumer.stop().await.unwrap();
+    assert_eq!(calls.total(), 1, "no retry for a permanent failure");
+    assert_eq!((report.stats.retried, report.stats.dead_lettered), (0, 1));
+    dead.close().await.unwrap();
 }
 
 pub async fn order_per_key_is_kept_under_concurrency(broker: SharedBroker) {

@@ -275,6 +275,10 @@ impl Publisher for KafkaBroker {
         self.flush_blocking(timeout).await
     }
 
+    async fn prepare_topic(&self, topic: &str) -> Result<()> {
+        self.ensure_topics(&[topic.to_owned()]).await
+    }
+
     async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

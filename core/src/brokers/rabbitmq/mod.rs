@@ -435,6 +435,26 @@ impl Publisher for RabbitMqBroker {
         self.ensure_open()
     }
 
+    async fn prepare_topic(&self, topic: &str) -> Result<()> {
+        // A durable queue named after the topic keeps what is published to it.
+        self.declare(&Topology {
+            queues: vec![QueueSpec {
+                name: topic.to_owned(),
+                queue_type: self.shared.queue_type,
+                ..Default::default()
+            }],
+            bindings: vec![BindingSpec {
+                queue: topic.to_owned(),
+                exchange: self.shared.exchange.clone(),
+                routing_key: topic.to_owned(),
+                headers: BTreeMap::new(),
+                match_all: true,
+            }],
+            ..Default::default()
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.publish_link.close().await;
