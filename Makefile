@@ -5,25 +5,37 @@ SHELL := bash
 # A target directory outside the checkout survives fresh clones on the same machine, so CI
 # and new worktrees build incrementally.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/polybus/target
+# The virtual environment the Python package is built and tested in.
+export POLYBUS_VENV ?= $(HOME)/.cache/polybus/venv
 CARGO ?= cargo
 
-.PHONY: demo test deps lint test-all brokers-up brokers-down
+.PHONY: demo demo-rust test deps python lint brokers-up brokers-down test-all
 
-## demo: the main job on the embedded in-memory broker
-demo:
+## demo: the main job on the embedded in-memory broker (the Python quickstart)
+demo: python
+	$(POLYBUS_VENV)/bin/python examples/python/quickstart.py
+
+## demo-rust: the same job written against the Rust core
+demo-rust:
 	$(CARGO) run --quiet -p polybus --example quickstart
 
-## test: install and start what the tests need, lint, run the demo, then every test suite
-test: deps lint brokers-up demo test-all
+## test: install and start what the tests need, lint, run the demos, then every test suite
+test: deps lint brokers-up demo demo-rust test-all
 
 deps:
 	scripts/install-toolchain.sh
 
-lint:
+## python: the virtual environment with the package built into it (maturin develop)
+python:
+	scripts/python-env.sh
+
+lint: python
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(POLYBUS_VENV)/bin/ruff check bindings-python examples/python
+	$(POLYBUS_VENV)/bin/ruff format --check bindings-python examples/python
 
-test-all:
+test-all: python
 	scripts/run-tests.sh
 
 ## brokers-up / brokers-down: real servers on loopback for the broker backends

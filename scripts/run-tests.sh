@@ -19,12 +19,21 @@ run_suite() {
 }
 
 CARGO=${CARGO:-cargo}
+VENV=${POLYBUS_VENV:-$HOME/.cache/polybus/venv}
 run_suite rust "$CARGO" test --workspace --all-targets
 run_suite rust-doc "$CARGO" test --workspace --doc
+run_suite python "$VENV/bin/pytest" -q -p no:cacheprovider bindings-python/tests
 
 # cargo: "test result: ok. 18 passed; 0 failed; 0 ignored; ..."
+# pytest: "2 failed, 43 passed in 26.54s" / "45 passed in 26.54s"
 read -r passed failed < <(cat "$logs"/*.log | awk '
-    /^test result:/ { p += $4; f += $6 }
+    /^test result:/ { p += $4; f += $6; next }
+    /^[= ]*[0-9]+ (passed|failed).* in [0-9.]+s/ {
+        for (i = 1; i < NF; i++) {
+            if ($(i + 1) ~ /^passed/) p += $i
+            if ($(i + 1) ~ /^failed/) f += $i
+        }
+    }
     END { print p + 0, f + 0 }')
 echo
 echo "all: ${passed} passed, ${failed} failed"

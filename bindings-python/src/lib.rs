@@ -1,7 +1,19 @@
-//! Python bindings of the Polybus engine. The PyO3 module (`polybus._polybus`) arrives with
-//! the Python package issue; until then this crate only pins the dependency on the core.
+//! Python bindings of the Polybus engine: the native module `polybus._polybus` under the
+//! pure-Python package `polybus`. Thin by design: values are converted here, behaviour lives in
+//! the `polybus` crate. Messages cross the GIL in batches and no wait holds the GIL.
 
-/// Version of the engine these bindings wrap.
-pub fn engine_version() -> &'static str {
-    env!("CARGO_PKG_VERSION")
+mod broker;
+mod consumer;
+mod errors;
+
+use pyo3::prelude::*;
+
+/// The native module.
+#[pymodule]
+fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<broker::Broker>()?;
+    m.add_class::<consumer::NativeConsumer>()?;
+    errors::register(m)?;
+    Ok(())
 }

@@ -296,3 +296,49 @@ fn one_broker_kind_from_its_variables_with_local_defaults() {
     let _: MessagingSettings =
         MessagingSettings::from_process_env().unwrap_or_else(|err| panic!("{err}"));
 }
+
+#[test]
+fn bindings_resolve_a_kind_url_servers_and_options() {
+    use polybus::config::resolve_config;
+    let kafka = resolve_config(
+        Some(BrokerKind::Kafka),
+        None,
+        Some("k1:9092,k2"),
+        [("acks", "all")],
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(kafka.redacted_url(), "kafka://k1:9092,k2:9092?acks=all");
+    let redis = resolve_config(
+        None,
+        Some("redis://cache/1"),
+        None,
+        [("mode", "streams")],
+        env(&[]),
+    )
+    .unwrap();
+    let BrokerConfig::Redis(redis) = redis else {
+        panic!()
+    };
+    assert_eq!((redis.db, redis.mode), (1, RedisMode::Streams));
+    let from_env = resolve_config(
+        None,
+        None,
+        None,
+        [],
+        env(&[("RABBITMQ_URL", "amqp://u:p@mq/")]),
+    )
+    .unwrap();
+    assert_eq!(from_env.kind(), BrokerKind::RabbitMq);
+    let err = resolve_config(Some(BrokerKind::Redis), None, Some("k:1"), [], env(&[])).unwrap_err();
+    assert!(err.to_string().contains("bootstrap_servers"), "{err}");
+    let err = resolve_config(
+        Some(BrokerKind::Memory),
+        None,
+        None,
+        [("nope", "1")],
+        env(&[]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("`nope`"), "{err}");
+}

@@ -166,6 +166,59 @@ pub fn broker_config_for(
     }
 }
 
+/// The broker configuration a binding asks for: an explicit `url` wins; otherwise `kind` (or
+/// the environment when `kind` is absent) with `bootstrap_servers` for Kafka; then `options`
+/// are added as URL query parameters (checked like any URL: an unknown one is an error).
+pub fn resolve_config<'a>(
+    kind: Option<BrokerKind>,
+    url: Option<&str>,
+    bootstrap_servers: Option<&str>,
+    options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<BrokerConfig> {
+    let mut config = match (url, kind, bootstrap_servers) {
+        (Some(url), _, _) => BrokerConfig::parse(url)?,
+        (None, Some(kind), _) => broker_config_for(kind, &lookup)?,
+        (None, None, Some(_)) => broker_config_for(BrokerKind::Kafka, &lookup)?,
+        (None, None, None) => messaging_settings(&lookup)?.broker,
+    };
+    if let Some(servers) = bootstrap_servers {
+        match &mut config {
+            BrokerConfig::Kafka(kafka) => kafka.bootstrap_servers = parse_host_list(servers, 9092)?,
+            other => {
+                return Err(Error::config(
+                    "bootstrap_servers",
+                    format!("only applies to kafka, not to {}", other.kind()),
+                ));
+            }
+        }
+    }
+    let options: Vec<(&str, &str)> = options.into_iter().collect();
+    if options.is_empty() {
+        return Ok(config);
+    }
+    // Options override the parameters the configuration already has.
+    let full = config.url_with_credentials();
+    let (base, existing) = full.split_once('?').unwrap_or((&full, ""));
+    let overridden = |pair: &&str| {
+        let key = pair.split('=').next().unwrap_or("");
+        let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+        options.iter().any(|(k, _)| *k == key)
+    };
+    let query: Vec<String> = existing
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| !overridden(p))
+        .map(str::to_owned)
+        .chain(
+            options
+                .iter()
+                .map(|(k, v)| format!("{}={}", super::parse::encode(k), super::parse::encode(v))),
+        )
+        .collect();
+    BrokerConfig::parse(&format!("{base}?{}", query.join("&")))
+}
+
 fn in_variable(var: &str, err: Error) -> Error {
     match err {
         Error::Config { part, reason } => Error::config(format!("{var}: {part}"), reason),

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-pub use env::{MessagingSettings, broker_config_for, messaging_settings};
+pub use env::{MessagingSettings, broker_config_for, messaging_settings, resolve_config};
 pub use redact::{Secret, redact_url};
 
 use crate::error::{Error, Result};

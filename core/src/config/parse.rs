@@ -328,7 +328,7 @@ const URL_RESERVED: &AsciiSet = &CONTROLS
     .add(b'[')
     .add(b']');
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     utf8_percent_encode(s, URL_RESERVED).to_string()
 }
 

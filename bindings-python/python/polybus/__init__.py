@@ -1,0 +1,67 @@
+"""Polybus: one messaging engine for Kafka, RabbitMQ, Redis and an embedded broker.
+
+```python
+from polybus import configure_messaging, get_producer, message_handler
+
+configure_messaging(broker="kafka", bootstrap_servers="localhost:9092")
+await get_producer().send("orders.created", {"order_id": 1})
+
+@message_handler(topic="orders.created", max_retries=3, retry_delay=5)
+async def handle(message: dict) -> None: ...
+```
+"""
+
+from __future__ import annotations
+
+from ._config import configure_messaging, get_broker, get_producer
+from ._handlers import (
+    HandlerSpec,
+    clear_handlers,
+    clear_providers,
+    message_handler,
+    provide,
+    registered_handlers,
+)
+from ._polybus import (
+    Broker,
+    BrokerConnectionError,
+    BrokerError,
+    ClosedError,
+    ConfigurationError,
+    InvalidMessageError,
+    PolybusError,
+    PolybusTimeoutError,
+    UnsupportedError,
+    __version__,
+)
+from ._producer import Producer
+from ._runner import HandlerRunner
+from ._types import MessageContext, Receipt
+from .consumer import run_consumers
+
+__all__ = [
+    "Broker",
+    "BrokerConnectionError",
+    "BrokerError",
+    "ClosedError",
+    "ConfigurationError",
+    "HandlerRunner",
+    "HandlerSpec",
+    "InvalidMessageError",
+    "MessageContext",
+    "PolybusError",
+    "PolybusTimeoutError",
+    "Producer",
+    "Receipt",
+    "UnsupportedError",
+    "__version__",
+    "clear_handlers",
+    "clear_providers",
+    "configure_messaging",
+    "get_broker",
+    "get_producer",
+    "message_handler",
+    "provide",
+    "registered_handlers",
+    "run_consumers",
+]

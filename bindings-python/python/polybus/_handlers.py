@@ -1,0 +1,127 @@
+"""``@message_handler`` and dependency providers."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+HandlerFunc = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A registered handler and how it consumes."""
+
+    func: HandlerFunc
+    topics: tuple[str, ...]
+    group: Optional[str]
+    max_retries: int
+    retry_delay: float
+    retry_backoff: float
+    max_retry_delay: float
+    jitter: float
+    schema: Optional[type]
+    concurrency: int
+    prefetch: int
+    dead_letter: Optional[str]
+    start: str
+
+    @property
+    def name(self) -> str:
+        """``module.qualname`` of the handler function."""
+        return f"{self.func.__module__}.{self.func.__qualname__}"
+
+
+_registry: list[HandlerSpec] = []
+_providers: dict[str, Any] = {}
+
+
+def message_handler(
+    topic: Union[str, Sequence[str]],
+    *,
+    max_retries: int = 0,
+    retry_delay: float = 1.0,
+    retry_backoff: float = 2.0,
+    max_retry_delay: float = 300.0,
+    jitter: float = 0.1,
+    schema: Optional[type] = None,
+    group: Optional[str] = None,
+    concurrency: int = 10,
+    prefetch: int = 100,
+    dead_letter: Optional[str] = None,
+    start: str = "earliest",
+) -> Callable[[HandlerFunc], HandlerFunc]:
+    """Registers an async or sync function as the handler of ``topic`` (one or several).
+
+    The first parameter receives the message: a dict (or list, str, bytes as sent), or the
+    validated ``schema`` (pydantic model) instance. Other parameters are resolved by name from
+    providers (:func:`provide`); a parameter named ``context`` gets the :class:`MessageContext`.
+    Returning acknowledges the message. An exception retries after ``retry_delay`` seconds
+    (times ``retry_backoff`` per retry, at most ``max_retry_delay``) up to ``max_retries``
+    times, then dead-letters it to ``<topic>.dlq`` (``dead_letter`` names another topic, a
+    suffix starting with ``.``, or ``"reject"``). A payload that fails validation is
+    dead-lettered at once. The retry and dead-letter logic runs in the engine."""
+    topics = (topic,) if isinstance(topic, str) else tuple(topic)
+    if not topics or not all(isinstance(t, str) and t for t in topics):
+        raise ValueError(f"topic must be a non-empty string or list of strings, got {topic!r}")
+    if max_retries < 0 or concurrency < 1 or prefetch < 1:
+        raise ValueError("max_retries must be >= 0, concurrency and prefetch >= 1")
+
+    def register(func: HandlerFunc) -> HandlerFunc:
+        if not callable(func):
+            raise TypeError(f"@message_handler needs a function, got {func!r}")
+        if not inspect.signature(func).parameters:
+            raise TypeError(f"{func.__qualname__} must take the message as its first parameter")
+        _registry.append(
+            HandlerSpec(
+                func=func,
+                topics=topics,
+                group=group,
+                max_retries=max_retries,
+                retry_delay=retry_delay,
+                retry_backoff=retry_backoff,
+                max_retry_delay=max_retry_delay,
+                jitter=jitter,
+                schema=schema,
+                concurrency=concurrency,
+                prefetch=prefetch,
+                dead_letter=dead_letter,
+                start=start,
+            )
+        )
+        return func
+
+    return register
+
+
+def registered_handlers(topics: Optional[Sequence[str]] = None) -> list[HandlerSpec]:
+    """The registered handlers, or those that read any of ``topics``."""
+    if not topics:
+        return list(_registry)
+    wanted = set(topics)
+    return [h for h in _registry if wanted.intersection(h.topics)]
+
+
+def clear_handlers() -> None:
+    """Forgets every registered handler (for tests)."""
+    _registry.clear()
+
+
+def provide(name: str, provider: Any) -> None:
+    """Makes ``provider`` the value of handler parameters named ``name``: a plain value; a
+    callable (sync or async) called for each message; or an async generator function whose
+    first value is used for one message, after which the generator is closed (per-message
+    scope, like a database session)."""
+    _providers[name] = provider
+
+
+def clear_providers() -> None:
+    """Forgets every registered provider (for tests)."""
+    _providers.clear()
+
+
+def providers() -> dict[str, Any]:
+    """The registered providers by name."""
+    return dict(_providers)

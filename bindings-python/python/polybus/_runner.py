@@ -1,0 +1,214 @@
+"""Runs registered handlers on the asyncio loop, fed by the engine's consumer in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Callable, Optional
+
+from . import _polybus
+from ._codec import decode
+from ._config import default_group, get_broker
+from ._handlers import HandlerSpec, providers
+from ._types import MessageContext
+
+# (token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition, offset)
+Job = tuple[
+    int, str, str, Optional[str], dict[str, str], bytes, str, int, int, Optional[int], Optional[int]
+]
+Outcome = tuple[int, Optional[str], Optional[str], bool]
+
+_BATCH = 256
+_POLL_SECONDS = 0.2
+
+
+class _Validation(Exception):
+    """A payload that does not fit the handler's schema: dead-lettered without retries."""
+
+
+class HandlerRunner:
+    """One registered handler consuming its topics through the engine."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        broker: Optional[_polybus.Broker] = None,
+        *,
+        group: Optional[str] = None,
+        concurrency: Optional[int] = None,
+    ) -> None:
+        self.spec = spec
+        self._broker = broker
+        self.group = group or spec.group or f"{default_group()}.{spec.name}"
+        self._concurrency = concurrency or spec.concurrency
+        self._native: Optional[_polybus.NativeConsumer] = None
+        self._pump: Optional[asyncio.Task[None]] = None
+        self._stopping: Optional[asyncio.Future[dict[str, int]]] = None
+        self._outcomes: list[Outcome] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._call = _Caller(spec)
+
+    async def start(self) -> None:
+        """Subscribes and starts handling messages in the background."""
+        broker = self._broker or get_broker()
+        spec = self.spec
+        self._native = await broker.consumer(
+            {
+                "topics": list(spec.topics),
+                "group": self.group,
+                "concurrency": self._concurrency,
+                "prefetch": spec.prefetch,
+                "start": spec.start,
+                "max_retries": spec.max_retries,
+                "retry_delay": spec.retry_delay,
+                "retry_backoff": spec.retry_backoff,
+                "max_retry_delay": spec.max_retry_delay,
+                "jitter": spec.jitter,
+                "dead_letter": spec.dead_letter,
+                "drain_timeout": 30.0,
+            }
+        )
+        self._pump = asyncio.ensure_future(self._run())
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Waits until the subscription receives (for Kafka: partitions assigned)."""
+        assert self._native is not None, "start() first"
+        await self._native.wait_ready(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """The engine's counters for this handler."""
+        return dict(self._native.stats()) if self._native is not None else {}
+
+    async def stop(self) -> dict[str, int]:
+        """Stops fetching, lets in-flight messages finish (and be acknowledged), and closes."""
+        native = self._native
+        if native is None:
+            return {}
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(native.stop())
+        stats = await self._stopping
+        if self._pump is not None:
+            await self._pump
+        return dict(stats)
+
+    async def _run(self) -> None:
+        native = self._native
+        assert native is not None
+        loop = asyncio.get_running_loop()
+        # Keep pumping until the engine's stop has drained: jobs it still hands out need us.
+        while self._stopping is None or not self._stopping.done():
+            jobs: list[Job] = await native.next_batch(_BATCH, _POLL_SECONDS)
+            for job in jobs:
+                task = loop.create_task(self._handle(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._flush()
+
+    async def _handle(self, job: Job) -> None:
+        token = job[0]
+        try:
+            await self._call(job)
+        except _Validation as err:
+            self._report((token, str(err), "ValidationError", True))
+        except Exception as err:  # the handler's failure is the message's outcome
+            self._report((token, str(err) or repr(err), type(err).__name__, False))
+        else:
+            self._report((token, None, None, False))
+
+    def _report(self, outcome: Outcome) -> None:
+        # Outcomes of one loop tick cross into the engine together.
+        self._outcomes.append(outcome)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outcomes and self._native is not None:
+            outcomes, self._outcomes = self._outcomes, []
+            self._native.complete(outcomes)
+
+
+class _Caller:
+    """Calls a handler with the decoded message and its resolved parameters."""
+
+    def __init__(self, spec: HandlerSpec) -> None:
+        self.spec = spec
+        func = spec.func
+        self.is_async = inspect.iscoroutinefunction(func)
+        params = list(inspect.signature(func).parameters.values())
+        self.extra = [p for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        available = providers()
+        missing = [
+            p.name
+            for p in self.extra
+            if p.name != "context"
+            and p.annotation is not MessageContext
+            and p.name not in available
+            and p.default is p.empty
+        ]
+        if missing:
+            raise TypeError(
+                f"handler {spec.name} needs {', '.join(missing)}: "
+                "register them with polybus.provide(name, value)"
+            )
+
+    async def __call__(self, job: Job) -> None:
+        _, topic, msg_id, key, headers, payload, content_type, ts, attempt, partition, offset = job
+        context = MessageContext(
+            msg_id, topic, key, headers, payload, content_type, ts, attempt, partition, offset
+        )
+        try:
+            body: Any = decode(payload, content_type)
+        except ValueError as err:
+            raise _Validation(f"payload is not valid {content_type}: {err}") from err
+        if self.spec.schema is not None:
+            body = _validate(self.spec.schema, body)
+        async with _resolved(self.extra, context) as kwargs:
+            if self.is_async:
+                await self.spec.func(body, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, functools.partial(self.spec.func, body, **kwargs))
+
+
+def _validate(schema: type, body: Any) -> Any:
+    validate: Optional[Callable[[Any], Any]] = getattr(schema, "model_validate", None)
+    try:
+        if validate is not None:
+            return validate(body)
+        return schema(**body) if isinstance(body, dict) else schema(body)
+    except Exception as err:  # pydantic.ValidationError and constructor errors alike
+        raise _Validation(f"payload does not match {schema.__name__}: {err}") from err
+
+
+@contextlib.asynccontextmanager
+async def _resolved(
+    params: Sequence[inspect.Parameter], context: MessageContext
+) -> AsyncIterator[dict[str, Any]]:
+    available = providers()
+    kwargs: dict[str, Any] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for param in params:
+            if param.name == "context" or param.annotation is MessageContext:
+                kwargs[param.name] = context
+                continue
+            if param.name not in available:
+                continue
+            provider = available[param.name]
+            if inspect.isasyncgenfunction(provider):
+                kwargs[param.name] = await stack.enter_async_context(
+                    contextlib.asynccontextmanager(provider)()
+                )
+            elif callable(provider) and not isinstance(provider, type):
+                value = provider()
+                kwargs[param.name] = await value if inspect.isawaitable(value) else value
+            else:
+                kwargs[param.name] = provider
+        yield kwargs

@@ -1,0 +1,237 @@
+//! `Broker`: a connection to one broker, publishing from asyncio or blocking code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use polybus::config::{BrokerKind, resolve_config};
+use polybus::{Message, PublishReceipt, SharedBroker};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::consumer::{ConsumerSettings, NativeConsumer};
+use crate::errors::to_py;
+
+/// A message to publish, as Python hands it over: topic, payload, content type, key, headers, id.
+pub type Outgoing = (
+    String,
+    Vec<u8>,
+    String,
+    Option<String>,
+    Option<HashMap<String, String>>,
+    Option<String>,
+);
+
+/// A publish receipt as a tuple: id, partition, offset, stream id, receivers.
+pub type ReceiptTuple = (
+    String,
+    Option<i32>,
+    Option<i64>,
+    Option<String>,
+    Option<u64>,
+);
+
+fn receipt_tuple(r: PublishReceipt) -> ReceiptTuple {
+    (r.id, r.partition, r.offset, r.stream_id, r.receivers)
+}
+
+/// Builds and checks a message from what Python handed over.
+pub fn message(
+    (topic, payload, content_type, key, headers, id): Outgoing,
+) -> polybus::Result<Message> {
+    let mut message = Message::bytes(topic, payload).with_content_type(content_type);
+    message.key = key;
+    if let Some(headers) = headers {
+        message.headers.extend(headers);
+    }
+    if let Some(id) = id {
+        message.id = id;
+    }
+    message.validate()?;
+    Ok(message)
+}
+
+/// Results of a batch: a receipt tuple, or the exception instance, per message.
+pub struct BatchResults(Vec<polybus::Result<PublishReceipt>>);
+
+impl<'py> IntoPyObject<'py> for BatchResults {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for result in self.0 {
+            match result {
+                Ok(receipt) => list.append(receipt_tuple(receipt))?,
+                Err(err) => list.append(to_py(err).into_value(py))?,
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// A connection to one broker (Kafka, RabbitMQ, Redis, memory or null).
+#[pyclass(module = "polybus._polybus", frozen)]
+pub struct Broker {
+    inner: SharedBroker,
+    url: String,
+}
+
+#[pymethods]
+impl Broker {
+    /// Connects from a URL, or from a broker kind plus the environment; `options` become URL
+    /// query parameters.
+    #[staticmethod]
+    #[pyo3(signature = (url=None, broker=None, bootstrap_servers=None, options=None))]
+    fn connect(
+        py: Python<'_>,
+        url: Option<String>,
+        broker: Option<String>,
+        bootstrap_servers: Option<String>,
+        options: Option<BTreeMap<String, String>>,
+    ) -> PyResult<Broker> {
+        let kind: Option<BrokerKind> = broker.map(|b| b.parse()).transpose().map_err(to_py)?;
+        let options = options.unwrap_or_default();
+        let config = resolve_config(
+            kind,
+            url.as_deref(),
+            bootstrap_servers.as_deref(),
+            options.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            |name| std::env::var(name).ok(),
+        )
+        .map_err(to_py)?;
+        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        let inner = py
+            .detach(|| runtime.block_on(polybus::connect(&config)))
+            .map_err(to_py)?;
+        Ok(Broker {
+            inner,
+            url: config.redacted_url(),
+        })
+    }
+
+    /// Backend name: memory, null, kafka, rabbitmq or redis.
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    /// The broker URL with any password replaced by `***`.
+    #[getter]
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// What the backend can do, by capability name.
+    #[getter]
+    fn capabilities<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.inner.capabilities();
+        let dict = PyDict::new(py);
+        for (name, value) in [
+            ("persistent", c.persistent),
+            ("consumer_groups", c.consumer_groups),
+            ("fan_out", c.fan_out),
+            ("ordering_per_key", c.ordering_per_key),
+            ("acknowledgements", c.acknowledgements),
+            ("redelivery", c.redelivery),
+            ("delayed_redelivery", c.delayed_redelivery),
+            ("replay", c.replay),
+            ("offset_replay", c.offset_replay),
+            ("native_headers", c.native_headers),
+            ("pattern_subscriptions", c.pattern_subscriptions),
+        ] {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+
+    /// Publishes one message; the awaitable resolves with the receipt tuple.
+    fn publish<'py>(&self, py: Python<'py>, outgoing: Outgoing) -> PyResult<Bound<'py, PyAny>> {
+        let message = message(outgoing).map_err(to_py)?;
+        let broker = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            broker
+                .publish(message)
+                .await
+                .map(receipt_tuple)
+                .map_err(to_py)
+        })
+    }
+
+    /// Publishes many messages pipelined; resolves with a receipt tuple or an exception each.
+    fn publish_batch<'py>(
+        &self,
+        py: Python<'py>,
+        batch: Vec<Outgoing>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut invalid = Vec::new();
+        let mut messages = Vec::with_capacity(batch.len());
+        for (index, outgoing) in batch.into_iter().enumerate() {
+            match message(outgoing) {
+                Ok(message) => messages.push(message),
+                Err(err) => invalid.push((index, err)),
+            }
+        }
+        let broker = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut results: Vec<polybus::Result<PublishReceipt>> =
+                broker.publish_batch(messages).await;
+            for (index, err) in invalid {
+                results.insert(index, Err(err));
+            }
+            Ok(BatchResults(results))
+        })
+    }
+
+    /// Publishes one message and waits for the broker, without holding the GIL.
+    fn publish_blocking(&self, py: Python<'_>, outgoing: Outgoing) -> PyResult<ReceiptTuple> {
+        let message = message(outgoing).map_err(to_py)?;
+        let broker = self.inner.clone();
+        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        py.detach(|| runtime.block_on(broker.publish(message)))
+            .map(receipt_tuple)
+            .map_err(to_py)
+    }
+
+    /// Waits until everything published so far was accepted, for at most `timeout` seconds.
+    #[pyo3(signature = (timeout=30.0))]
+    fn flush<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
+        let broker = self.inner.clone();
+        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            broker.flush(timeout).await.map_err(to_py)
+        })
+    }
+
+    /// Flushes and closes the connection.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let broker = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            broker.close().await.map_err(to_py)
+        })
+    }
+
+    /// Flushes and closes, blocking (for `atexit` and synchronous code).
+    fn close_blocking(&self, py: Python<'_>) -> PyResult<()> {
+        let broker = self.inner.clone();
+        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        py.detach(|| runtime.block_on(broker.close()))
+            .map_err(to_py)
+    }
+
+    /// Starts a consumer whose messages are fetched with `NativeConsumer.next_batch`.
+    fn consumer<'py>(
+        &self,
+        py: Python<'py>,
+        settings: ConsumerSettings,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let broker = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            NativeConsumer::start(broker, settings).await
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<polybus Broker {}>", self.url)
+    }
+}

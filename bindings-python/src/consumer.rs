@@ -1,0 +1,245 @@
+//! `NativeConsumer`: the engine's consumer runtime, feeding an asyncio loop in batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use polybus::bridge::{HandlerBridge, Job};
+use polybus::{
+    Consumer, ConsumerOptions, ConsumerStats, DeadLetter, HandlerError, ReadySignal, RetryPolicy,
+    SharedBroker, StartPosition, SubscriptionSpec,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::errors::{ConfigurationError, to_py};
+
+/// Consumer settings as Python hands them over: a dict with these keys.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct ConsumerSettings {
+    topics: Vec<String>,
+    group: String,
+    concurrency: usize,
+    prefetch: usize,
+    start: String,
+    max_retries: Option<u32>,
+    retry_delay: f64,
+    retry_backoff: f64,
+    max_retry_delay: f64,
+    jitter: f64,
+    dead_letter: Option<String>,
+    drain_timeout: f64,
+}
+
+impl ConsumerSettings {
+    fn start_position(&self) -> PyResult<StartPosition> {
+        let bad = || {
+            ConfigurationError::new_err(format!(
+                "start {:?} is not earliest, latest, offset:N or timestamp:MS",
+                self.start
+            ))
+        };
+        Ok(match self.start.as_str() {
+            "earliest" => StartPosition::Earliest,
+            "latest" => StartPosition::Latest,
+            other => match other.split_once(':') {
+                Some(("offset", n)) => StartPosition::Offset(n.parse().map_err(|_| bad())?),
+                Some(("timestamp", ms)) => StartPosition::Timestamp(ms.parse().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            },
+        })
+    }
+
+    fn options(&self) -> ConsumerOptions {
+        let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        ConsumerOptions {
+            retry: RetryPolicy {
+                max_retries: self.max_retries,
+                initial_delay: seconds(self.retry_delay),
+                multiplier: self.retry_backoff,
+                max_delay: seconds(self.max_retry_delay),
+                jitter: self.jitter,
+            },
+            dead_letter: match self.dead_letter.as_deref() {
+                None => DeadLetter::default(),
+                Some("reject") => DeadLetter::Reject,
+                Some(suffix) if suffix.starts_with('.') => DeadLetter::Suffix(suffix.to_owned()),
+                Some(topic) => DeadLetter::Topic(topic.to_owned()),
+            },
+            drain_timeout: seconds(self.drain_timeout),
+        }
+    }
+}
+
+/// A batch of jobs as a list of tuples:
+/// `(token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition, offset)`.
+pub struct JobBatch(Vec<Job>);
+
+impl<'py> IntoPyObject<'py> for JobBatch {
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for job in self.0 {
+            let m = job.message;
+            let headers = PyDict::new(py);
+            for (name, value) in m.headers {
+                headers.set_item(name, value)?;
+            }
+            let item = PyTuple::new(
+                py,
+                [
+                    job.token.into_pyobject(py)?.into_any(),
+                    m.topic.into_pyobject(py)?.into_any(),
+                    m.id.into_pyobject(py)?.into_any(),
+                    m.key.into_pyobject(py)?.into_any(),
+                    headers.into_any(),
+                    PyBytes::new(py, &m.payload).into_any(),
+                    m.content_type.into_pyobject(py)?.into_any(),
+                    m.timestamp_ms.into_pyobject(py)?.into_any(),
+                    job.attempt.into_pyobject(py)?.into_any(),
+                    job.meta.partition.into_pyobject(py)?.into_any(),
+                    job.meta.offset.into_pyobject(py)?.into_any(),
+                ],
+            )?;
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+}
+
+/// Counters as a dict.
+pub struct Stats(ConsumerStats);
+
+impl<'py> IntoPyObject<'py> for Stats {
+    type Target = PyDict;
+    type Output = Bound<'py, PyDict>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.0;
+        let dict = PyDict::new(py);
+        for (name, value) in [
+            ("received", s.received),
+            ("succeeded", s.succeeded),
+            ("failed", s.failed),
+            ("retried", s.retried),
+            ("rejected", s.rejected),
+            ("dead_lettered", s.dead_lettered),
+            ("released", s.released),
+            ("settle_errors", s.settle_errors),
+        ] {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+}
+
+/// A running consumer of the engine whose handler is Python code.
+#[pyclass(module = "polybus._polybus", frozen)]
+pub struct NativeConsumer {
+    bridge: Arc<HandlerBridge>,
+    consumer: Arc<tokio::sync::Mutex<Option<Consumer>>>,
+    ready: ReadySignal,
+    stats: Arc<std::sync::Mutex<ConsumerStats>>,
+}
+
+impl NativeConsumer {
+    pub async fn start(
+        broker: SharedBroker,
+        settings: ConsumerSettings,
+    ) -> PyResult<NativeConsumer> {
+        let spec = SubscriptionSpec::new(settings.topics.clone(), settings.group.clone())
+            .with_concurrency(settings.concurrency)
+            .with_prefetch(settings.prefetch)
+            .with_start(settings.start_position()?);
+        let bridge = HandlerBridge::new(settings.concurrency.max(1));
+        let consumer = Consumer::start(broker, spec, bridge.handler(), settings.options())
+            .await
+            .map_err(to_py)?;
+        Ok(NativeConsumer {
+            bridge,
+            ready: consumer.ready(),
+            consumer: Arc::new(tokio::sync::Mutex::new(Some(consumer))),
+            stats: Arc::default(),
+        })
+    }
+}
+
+#[pymethods]
+impl NativeConsumer {
+    /// Waits up to `wait` seconds for at least one message, then takes up to `max`.
+    fn next_batch<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+        wait: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let bridge = self.bridge.clone();
+        let wait = Duration::from_secs_f64(wait.max(0.0));
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            Ok(JobBatch(bridge.next_batch(max, wait).await))
+        })
+    }
+
+    /// Reports outcomes: `(token, error, error_type, permanent)`; `error` None means success.
+    fn complete(&self, outcomes: Vec<(u64, Option<String>, Option<String>, bool)>) {
+        self.bridge
+            .complete(outcomes.into_iter().map(|(token, error, kind, permanent)| {
+                let outcome = match error {
+                    None => Ok(()),
+                    Some(message) => {
+                        let mut err = if permanent {
+                            HandlerError::permanent(message)
+                        } else {
+                            HandlerError::retryable(message)
+                        };
+                        err.kind = kind;
+                        Err(err)
+                    }
+                };
+                (token, outcome)
+            }));
+    }
+
+    /// Waits until the subscription receives (for Kafka: partitions assigned).
+    fn wait_ready<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
+        let mut ready = self.ready.clone();
+        let timeout = Duration::from_secs_f64(timeout.max(0.0));
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            ready.wait(timeout).await.map_err(to_py)
+        })
+    }
+
+    /// Stops fetching, drains in-flight messages (keep completing them meanwhile), closes.
+    fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let consumer = self.consumer.clone();
+        let stats = self.stats.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let Some(running) = consumer.lock().await.take() else {
+                return Ok(Stats(*stats.lock().unwrap_or_else(|e| e.into_inner())));
+            };
+            let report = running.stop().await.map_err(to_py)?;
+            *stats.lock().unwrap_or_else(|e| e.into_inner()) = report.stats;
+            Ok(Stats(report.stats))
+        })
+    }
+
+    /// Current counters.
+    fn stats(&self) -> Stats {
+        if let Ok(guard) = self.consumer.try_lock()
+            && let Some(consumer) = guard.as_ref()
+        {
+            return Stats(consumer.stats());
+        }
+        Stats(*self.stats.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Messages handed to Python and not completed yet.
+    #[getter]
+    fn in_flight(&self) -> usize {
+        self.bridge.in_flight()
+    }
+}

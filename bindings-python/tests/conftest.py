@@ -1,0 +1,40 @@
+"""Shared fixtures: one parameter per broker, each a real server that `make test` starts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import polybus
+import pytest
+
+BROKERS = {
+    "memory": "memory://pytest",
+    "kafka": os.environ.get(
+        "POLYBUS_TEST_KAFKA_URL", "kafka://127.0.0.1:9092?polybus.topic.partitions=2"
+    ),
+    "rabbitmq": os.environ.get("POLYBUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+    "redis-list": os.environ.get("POLYBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    + "?mode=list",
+    "redis-streams": os.environ.get("POLYBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    + "?mode=streams",
+}
+
+
+@pytest.fixture(params=list(BROKERS))
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Every test using it runs once per broker."""
+    url = BROKERS[request.param]
+    polybus.configure_messaging(url=url, group=f"pytest-{uuid.uuid4().hex[:8]}")
+    return url
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"pytest.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry() -> None:
+    polybus.clear_handlers()
+    polybus.clear_providers()

@@ -1,0 +1,255 @@
+"""The Python API end to end, on every broker: send, handle, retry, dead-letter, inject."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import polybus
+import pytest
+from polybus import (
+    HandlerRunner,
+    MessageContext,
+    get_producer,
+    message_handler,
+    provide,
+    registered_handlers,
+)
+from pydantic import BaseModel
+
+
+class OrderCreated(BaseModel):
+    order_id: int
+    user_id: int
+
+
+async def _run(topic: str, body: Any, *, until: Any, timeout: float = 30.0) -> list[HandlerRunner]:
+    runners = [HandlerRunner(spec) for spec in registered_handlers([topic])]
+    for runner in runners:
+        await runner.start()
+    for runner in runners:
+        await runner.wait_ready()
+    try:
+        await body()
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "timed out waiting for the handlers"
+            await asyncio.sleep(0.02)
+    finally:
+        for runner in runners:
+            await runner.stop()
+    return runners
+
+
+def test_dict_round_trip_with_key_headers_and_context(broker_url: str, topic: str) -> None:
+    seen: list[tuple[dict, MessageContext]] = []
+
+    @message_handler(topic=topic)
+    async def handle(message: dict, context: MessageContext) -> None:
+        seen.append((message, context))
+
+    async def send() -> None:
+        receipt = await get_producer().send(
+            topic, {"order_id": 1, "user_id": 2}, key="user-2", headers={"tenant": "eu"}
+        )
+        assert receipt.id
+
+    asyncio.run(_run(topic, send, until=lambda: seen))
+    message, context = seen[0]
+    assert message == {"order_id": 1, "user_id": 2}
+    assert (context.topic, context.key, context.headers.get("tenant"), context.attempt) == (
+        topic,
+        "user-2",
+        "eu",
+        1,
+    )
+    assert context.content_type == "application/json"
+
+
+def test_pydantic_models_are_sent_and_validated(broker_url: str, topic: str) -> None:
+    seen: list[OrderCreated] = []
+
+    @message_handler(topic=topic, schema=OrderCreated)
+    async def handle(message: OrderCreated) -> None:
+        seen.append(message)
+
+    async def send() -> None:
+        await get_producer().send(topic, OrderCreated(order_id=7, user_id=8))
+
+    asyncio.run(_run(topic, send, until=lambda: seen))
+    assert seen == [OrderCreated(order_id=7, user_id=8)]
+
+
+def test_one_handler_reads_several_topics_and_sync_handlers_run_in_threads(
+    broker_url: str, topic: str
+) -> None:
+    other = f"{topic}.updated"
+    seen: list[str] = []
+
+    @message_handler(topic=[topic, other])
+    def handle(message: dict, context: MessageContext) -> None:
+        time.sleep(0.01)  # blocking work does not block the event loop
+        seen.append(context.topic)
+
+    async def send() -> None:
+        await get_producer().send(topic, {"n": 1})
+        await get_producer().send(other, {"n": 2})
+
+    asyncio.run(_run(topic, send, until=lambda: len(seen) == 2))
+    assert sorted(seen) == sorted([topic, other])
+
+
+def test_send_batch_and_send_sync(broker_url: str, topic: str) -> None:
+    seen: list[int] = []
+
+    @message_handler(topic=topic, concurrency=4)
+    async def handle(message: dict) -> None:
+        seen.append(message["n"])
+
+    async def send() -> None:
+        receipts = await get_producer().send_batch(topic, [{"n": n} for n in range(50)])
+        assert len(receipts) == 50 and len({r.id for r in receipts}) == 50
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: get_producer().send_sync(topic, {"n": 50})
+        )
+
+    asyncio.run(_run(topic, send, until=lambda: len(seen) == 51))
+    assert sorted(seen) == list(range(51))
+
+
+def test_exceptions_retry_with_their_delays_then_dead_letter(broker_url: str, topic: str) -> None:
+    calls: list[float] = []
+    dead: list[tuple[dict, MessageContext]] = []
+
+    @message_handler(topic=topic, max_retries=2, retry_delay=0.3, retry_backoff=1.0, jitter=0)
+    async def flaky(message: dict) -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("payment gateway down")
+
+    @message_handler(topic=f"{topic}.dlq")
+    async def inspect(message: dict, context: MessageContext) -> None:
+        dead.append((message, context))
+
+    async def main() -> None:
+        runners = [HandlerRunner(s) for s in registered_handlers([topic, f"{topic}.dlq"])]
+        for r in runners:
+            await r.start()
+        for r in runners:
+            await r.wait_ready()
+        await get_producer().send(topic, {"order_id": 3})
+        deadline = time.monotonic() + 30
+        while not dead:
+            assert time.monotonic() < deadline, f"no dead letter; calls={len(calls)}"
+            await asyncio.sleep(0.02)
+        for r in runners:
+            await r.stop()
+
+    asyncio.run(main())
+    assert len(calls) == 3, "one attempt and two retries"
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert all(gap >= 0.25 for gap in gaps), f"retries came too early: {gaps}"
+    message, context = dead[0]
+    assert message == {"order_id": 3}
+    assert context.headers["polybus-dlq-error"] == "payment gateway down"
+    assert context.headers["polybus-dlq-error-type"] == "RuntimeError"
+    assert context.headers["polybus-dlq-attempts"] == "3"
+
+
+def test_an_invalid_payload_is_dead_lettered_and_the_consumer_goes_on(
+    broker_url: str, topic: str
+) -> None:
+    good: list[OrderCreated] = []
+    dead: list[MessageContext] = []
+
+    @message_handler(topic=topic, schema=OrderCreated, max_retries=5)
+    async def handle(message: OrderCreated) -> None:
+        good.append(message)
+
+    @message_handler(topic=f"{topic}.dlq")
+    async def inspect(message: Any, context: MessageContext) -> None:
+        dead.append(context)
+
+    async def main() -> None:
+        runners = [HandlerRunner(s) for s in registered_handlers([topic, f"{topic}.dlq"])]
+        for r in runners:
+            await r.start()
+        for r in runners:
+            await r.wait_ready()
+        producer = get_producer()
+        await producer.send(topic, {"order_id": "not a number"})
+        await producer.send(topic, b"\x00 not json", headers={"x": "1"})
+        await producer.send(topic, {"order_id": 5, "user_id": 6})
+        deadline = time.monotonic() + 30
+        while len(dead) < 2 or not good:
+            assert time.monotonic() < deadline, f"dead={len(dead)} good={len(good)}"
+            await asyncio.sleep(0.02)
+        for r in runners:
+            await r.stop()
+
+    asyncio.run(main())
+    assert good == [OrderCreated(order_id=5, user_id=6)]
+    reasons = sorted(c.headers["polybus-dlq-error-type"] for c in dead)
+    assert reasons == ["ValidationError", "ValidationError"]
+    assert all(c.headers["polybus-dlq-attempts"] == "1" for c in dead), "no retries for bad input"
+
+
+def test_dependencies_are_injected_by_name(broker_url: str, topic: str) -> None:
+    events: list[str] = []
+    provide("settings", {"currency": "EUR"})
+    provide("clock", lambda: "now")
+
+    async def session() -> AsyncIterator[str]:
+        events.append("open")
+        yield "db-session"
+        events.append("close")
+
+    provide("db", session)
+    seen: list[tuple[Any, ...]] = []
+
+    @message_handler(topic=topic)
+    async def handle(message: dict, db: str, settings: dict, clock: str) -> None:
+        seen.append((db, settings["currency"], clock))
+
+    async def send() -> None:
+        await get_producer().send(topic, {"n": 1})
+
+    asyncio.run(_run(topic, send, until=lambda: seen and events[-1:] == ["close"]))
+    assert seen == [("db-session", "EUR", "now")]
+    assert events == ["open", "close"], "one session per message, closed after it"
+
+
+def test_a_missing_dependency_is_a_clear_error(topic: str) -> None:
+    polybus.configure_messaging(url="memory://pytest-missing")
+
+    @message_handler(topic=topic)
+    async def handle(message: dict, db: Any) -> None: ...
+
+    with pytest.raises(TypeError, match="needs db"):
+        HandlerRunner(registered_handlers([topic])[0])
+
+
+def test_bad_configuration_names_the_bad_part() -> None:
+    polybus.configure_messaging(url="mqtt://somewhere")
+    with pytest.raises(polybus.ConfigurationError, match="scheme"):
+        polybus.get_producer()
+    polybus.configure_messaging(broker="kafak")
+    with pytest.raises(polybus.ConfigurationError, match="kafak"):
+        polybus.get_producer()
+    polybus.configure_messaging(url="redis://127.0.0.1:6379/0", mode="sideways")
+    with pytest.raises(polybus.ConfigurationError, match="mode"):
+        polybus.get_producer()
+
+
+def test_an_unreachable_broker_is_a_connection_error_without_the_password() -> None:
+    polybus.configure_messaging(url="amqp://app:s3cr3t@127.0.0.1:1/", connection_timeout=2000)
+    with pytest.raises(polybus.BrokerConnectionError) as caught:
+        asyncio.run(get_producer().send("t", {"a": 1}))
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_unsupported_message_types_are_refused(topic: str) -> None:
+    polybus.configure_messaging(url="memory://pytest-types")
+    with pytest.raises(TypeError, match="cannot send a object"):
+        asyncio.run(get_producer().send(topic, object()))
