@@ -100,7 +100,7 @@ impl Broker {
             |name| std::env::var(name).ok(),
         )
         .map_err(to_py)?;
-        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        let runtime = crate::runtime::get();
         let inner = py
             .detach(|| runtime.block_on(polybus::connect(&config)))
             .map_err(to_py)?;
@@ -149,7 +149,7 @@ impl Broker {
     fn publish<'py>(&self, py: Python<'py>, outgoing: Outgoing) -> PyResult<Bound<'py, PyAny>> {
         let message = message(outgoing).map_err(to_py)?;
         let broker = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::future_into_py(py, async move {
             broker
                 .publish(message)
                 .await
@@ -173,7 +173,7 @@ impl Broker {
             }
         }
         let broker = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::future_into_py(py, async move {
             let mut results: Vec<polybus::Result<PublishReceipt>> =
                 broker.publish_batch(messages).await;
             for (index, err) in invalid {
@@ -187,7 +187,7 @@ impl Broker {
     fn publish_blocking(&self, py: Python<'_>, outgoing: Outgoing) -> PyResult<ReceiptTuple> {
         let message = message(outgoing).map_err(to_py)?;
         let broker = self.inner.clone();
-        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        let runtime = crate::runtime::get();
         py.detach(|| runtime.block_on(broker.publish(message)))
             .map(receipt_tuple)
             .map_err(to_py)
@@ -198,23 +198,22 @@ impl Broker {
     fn flush<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
         let broker = self.inner.clone();
         let timeout = Duration::from_secs_f64(timeout.max(0.0));
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            broker.flush(timeout).await.map_err(to_py)
-        })
+        crate::runtime::future_into_py(
+            py,
+            async move { broker.flush(timeout).await.map_err(to_py) },
+        )
     }
 
     /// Flushes and closes the connection.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let broker = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            broker.close().await.map_err(to_py)
-        })
+        crate::runtime::future_into_py(py, async move { broker.close().await.map_err(to_py) })
     }
 
     /// Flushes and closes, blocking (for `atexit` and synchronous code).
     fn close_blocking(&self, py: Python<'_>) -> PyResult<()> {
         let broker = self.inner.clone();
-        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        let runtime = crate::runtime::get();
         py.detach(|| runtime.block_on(broker.close()))
             .map_err(to_py)
     }
@@ -226,9 +225,10 @@ impl Broker {
         settings: ConsumerSettings,
     ) -> PyResult<Bound<'py, PyAny>> {
         let broker = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            NativeConsumer::start(broker, settings).await
-        })
+        crate::runtime::future_into_py(
+            py,
+            async move { NativeConsumer::start(broker, settings).await },
+        )
     }
 
     fn __repr__(&self) -> String {

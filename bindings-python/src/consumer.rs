@@ -179,7 +179,7 @@ impl NativeConsumer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let bridge = self.bridge.clone();
         let wait = Duration::from_secs_f64(wait.max(0.0));
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::future_into_py(py, async move {
             Ok(JobBatch(bridge.next_batch(max, wait).await))
         })
     }
@@ -208,16 +208,14 @@ impl NativeConsumer {
     fn wait_ready<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
         let mut ready = self.ready.clone();
         let timeout = Duration::from_secs_f64(timeout.max(0.0));
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            ready.wait(timeout).await.map_err(to_py)
-        })
+        crate::runtime::future_into_py(py, async move { ready.wait(timeout).await.map_err(to_py) })
     }
 
     /// Stops fetching, drains in-flight messages (keep completing them meanwhile), closes.
     fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let consumer = self.consumer.clone();
         let stats = self.stats.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        crate::runtime::future_into_py(py, async move {
             let Some(running) = consumer.lock().await.take() else {
                 return Ok(Stats(*stats.lock().unwrap_or_else(|e| e.into_inner())));
             };

@@ -5,6 +5,7 @@
 mod broker;
 mod consumer;
 mod errors;
+mod runtime;
 
 use pyo3::prelude::*;
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -253,3 +254,30 @@ def test_unsupported_message_types_are_refused(topic: str) -> None:
     polybus.configure_messaging(url="memory://pytest-types")
     with pytest.raises(TypeError, match="cannot send a object"):
         asyncio.run(get_producer().send(topic, object()))
+
+
+def test_a_forked_child_gets_a_working_runtime_of_its_own(topic: str) -> None:
+    polybus.configure_messaging(url="memory://pytest-fork")
+    asyncio.run(get_producer().send(topic, {"from": "parent"}))  # the parent's runtime exists now
+    seen: list[dict] = []
+
+    @message_handler(topic=topic)
+    async def handle(message: dict) -> None:
+        seen.append(message)
+
+    pid = os.fork()
+    if pid == 0:  # the child: its own runtime, its own connection
+        code = 1
+        try:
+            asyncio.run(
+                _run(
+                    topic,
+                    lambda: get_producer().send(topic, {"from": "child"}),
+                    until=lambda: len(seen) == 2,
+                )
+            )
+            code = 0 if {"from": "child"} in seen else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed: {status}"

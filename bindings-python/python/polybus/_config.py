@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import threading
 import time
 from typing import Any, Optional
@@ -89,6 +90,17 @@ def _let_native_callbacks_finish() -> None:
 
 
 atexit.register(_let_native_callbacks_finish)
+
+
+def _forget_connections_in_child() -> None:
+    # A forked child cannot use its parent's connections: it reconnects on first use.
+    global _broker, _producer
+    _broker = None
+    _producer = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_in_child)
 
 
 def _close_at_exit(broker: _polybus.Broker) -> None:
