@@ -24,6 +24,7 @@ test: deps lint brokers-up demo demo-rust test-all
 
 deps:
 	scripts/install-toolchain.sh
+	scripts/install-php.sh
 
 ## python: the virtual environment with the package built into it (maturin develop)
 python:

@@ -23,11 +23,19 @@ VENV=${POLYBUS_VENV:-$HOME/.cache/polybus/venv}
 run_suite rust "$CARGO" test --workspace --all-targets
 run_suite rust-doc "$CARGO" test --workspace --doc
 run_suite python "$VENV/bin/pytest" -q -p no:cacheprovider bindings-python/tests
+run_suite php bindings-php/run-tests.sh
 
 # cargo: "test result: ok. 18 passed; 0 failed; 0 ignored; ..."
 # pytest: "2 failed, 43 passed in 26.54s" / "45 passed in 26.54s"
+# PHPUnit: "OK (66 tests, 273 assertions)" / "Tests: 66, Assertions: 270, Failures: 2."
 read -r passed failed < <(cat "$logs"/*.log | awk '
     /^test result:/ { p += $4; f += $6; next }
+    /^OK \([0-9]+ tests?,/ { sub(/^OK \(/, ""); p += $1; next }
+    /^Tests: [0-9]+, Assertions:/ {
+        t = $2 + 0; bad = 0
+        for (i = 3; i <= NF; i++) if ($i ~ /^(Failures|Errors):$/) bad += $(i + 1) + 0
+        p += t - bad; f += bad; next
+    }
     /^[= ]*[0-9]+ (passed|failed).* in [0-9.]+s/ {
         for (i = 1; i < NF; i++) {
             if ($(i + 1) ~ /^passed/) p += $i

@@ -267,3 +267,38 @@ async fn an_unreachable_server_is_a_connection_error_without_the_password() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_topic_is_read_by_a_group_named_after_it() {
+    use polybus::{Consumer, ConsumerOptions, HandlerError, RetryPolicy, handler_fn};
+    use std::sync::Arc;
+    let broker = polybus::connect_url(&url()).await.unwrap();
+    let topic = unique("dlq-group");
+    let dead = format!("{topic}.dlq");
+    let failing = handler_fn(|_| async { Err(HandlerError::permanent("bad input")) });
+    let options = ConsumerOptions {
+        retry: RetryPolicy::fixed(0, Duration::ZERO),
+        ..ConsumerOptions::default()
+    };
+    let spec = SubscriptionSpec::new([topic.as_str()], format!("{topic}.g"));
+    let consumer = Consumer::start(broker.clone(), spec, Arc::new(failing), options)
+        .await
+        .unwrap();
+    broker
+        .publish(Message::text(&topic, "poison"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while consumer.stats().dead_lettered == 0 {
+        assert!(std::time::Instant::now() < deadline, "not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    consumer.stop().await.unwrap();
+    // The dead-letter queue was prepared before anyone subscribed, and a group named after it
+    // (the default in the bindings) declares it with the same arguments.
+    let mut sub = broker
+        .subscribe(SubscriptionSpec::new([dead.as_str()], dead.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut sub).await, "poison");
+}

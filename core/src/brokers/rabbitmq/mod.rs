@@ -200,6 +200,40 @@ impl RabbitMqBroker {
 }
 
 impl Shared {
+    /// A consumer group's durable queue, bound to `topics` on the exchange, dead-lettering to
+    /// `<queue>.dlq`.
+    fn group_topology(&self, queue: &str, topics: &[String]) -> Topology {
+        let dead_letters = format!("{queue}.dlq");
+        Topology {
+            exchanges: vec![],
+            // Both declared alike, so a queue Polybus declares in one role (a group's
+            // dead-letter queue) is declared the same way in another (a group of its own).
+            queues: vec![self.queue_spec(queue), self.queue_spec(&dead_letters)],
+            bindings: topics
+                .iter()
+                .map(|topic| BindingSpec {
+                    queue: queue.to_owned(),
+                    exchange: self.exchange.clone(),
+                    routing_key: topic.clone(),
+                    headers: BTreeMap::new(),
+                    match_all: true,
+                })
+                .collect(),
+        }
+    }
+
+    /// How Polybus declares every queue of its own: durable, dead-lettering to `<name>.dlq`
+    /// through the default exchange.
+    fn queue_spec(&self, name: &str) -> QueueSpec {
+        QueueSpec {
+            name: name.to_owned(),
+            queue_type: self.queue_type,
+            dead_letter_exchange: Some(String::new()),
+            dead_letter_routing_key: Some(format!("{name}.dlq")),
+            ..Default::default()
+        }
+    }
+
     fn remember(&self, topology: &Topology) {
         let mut known = self.topology.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = Topology {
@@ -436,22 +470,13 @@ impl Publisher for RabbitMqBroker {
     }
 
     async fn prepare_topic(&self, topic: &str) -> Result<()> {
-        // A durable queue named after the topic keeps what is published to it.
-        self.declare(&Topology {
-            queues: vec![QueueSpec {
-                name: topic.to_owned(),
-                queue_type: self.shared.queue_type,
-                ..Default::default()
-            }],
-            bindings: vec![BindingSpec {
-                queue: topic.to_owned(),
-                exchange: self.shared.exchange.clone(),
-                routing_key: topic.to_owned(),
-                headers: BTreeMap::new(),
-                match_all: true,
-            }],
-            ..Default::default()
-        })
+        // The queue a group named after the topic would read: it keeps what is published, and a
+        // later subscription in that group finds it declared with the same arguments.
+        self.declare(
+            &self
+                .shared
+                .group_topology(topic, std::slice::from_ref(&topic.to_owned())),
+        )
         .await
     }
 
@@ -482,35 +507,7 @@ impl Subscriber for RabbitMqBroker {
             });
         }
         let queue = spec.group.clone();
-        let dead_letters = format!("{queue}.dlq");
-        let topology = Topology {
-            exchanges: vec![],
-            queues: vec![
-                QueueSpec {
-                    name: queue.clone(),
-                    queue_type: self.shared.queue_type,
-                    dead_letter_exchange: Some(String::new()),
-                    dead_letter_routing_key: Some(dead_letters.clone()),
-                    ..Default::default()
-                },
-                QueueSpec {
-                    name: dead_letters,
-                    queue_type: self.shared.queue_type,
-                    ..Default::default()
-                },
-            ],
-            bindings: spec
-                .topics
-                .iter()
-                .map(|topic| BindingSpec {
-                    queue: queue.clone(),
-                    exchange: self.shared.exchange.clone(),
-                    routing_key: topic.clone(),
-                    headers: BTreeMap::new(),
-                    match_all: true,
-                })
-                .collect(),
-        };
+        let topology = self.shared.group_topology(&queue, &spec.topics);
         self.declare(&topology).await?;
         let prefetch = self
             .shared

@@ -1,0 +1,57 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Polybus\Laravel;
+
+use Illuminate\Contracts\Foundation\Application;
+use Illuminate\Support\ServiceProvider;
+use Polybus\Laravel\Console\ConsumeCommand;
+use Polybus\MessageBrokerInterface;
+
+/**
+ * Binds `Polybus\MessageBrokerInterface` to the broker `config('messaging.driver')` names
+ * (redis | kafka | rabbitmq | memory | null), registers `messaging:consume`, and offers
+ * `config/messaging.php` for publishing (`--tag=messaging-config`). An application overrides
+ * the binding with `$this->app->bind(MessageBrokerInterface::class, ...)` in its own provider,
+ * or one driver with `BrokerFactory::extend()`.
+ */
+class MessagingServiceProvider extends ServiceProvider
+{
+    /**
+     * Registers the configuration defaults, the factory and the interface binding.
+     */
+    public function register(): void
+    {
+        $this->mergeConfigFrom(self::configPath(), 'messaging');
+
+        $this->app->singleton(
+            BrokerFactory::class,
+            static fn (Application $app): BrokerFactory => new BrokerFactory((array) $app['config']->get('messaging', [])),
+        );
+        $this->app->singleton(
+            MessageBrokerInterface::class,
+            static fn (Application $app): MessageBrokerInterface => $app->make(BrokerFactory::class)->make(),
+        );
+        $this->app->alias(MessageBrokerInterface::class, 'messaging');
+    }
+
+    /**
+     * Offers the configuration file for publishing and registers the console command.
+     */
+    public function boot(): void
+    {
+        $this->publishes([self::configPath() => $this->app->configPath('messaging.php')], 'messaging-config');
+        if ($this->app->runningInConsole()) {
+            $this->commands([ConsumeCommand::class]);
+        }
+    }
+
+    /**
+     * The package's `config/messaging.php`.
+     */
+    public static function configPath(): string
+    {
+        return dirname(__DIR__, 2) . '/config/messaging.php';
+    }
+}

@@ -1,0 +1,266 @@
+//! `Polybus\Broker`: a connection to one broker, with a blocking API over the engine.
+
+use std::time::Duration;
+
+use ext_php_rs::prelude::*;
+use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
+use polybus::{BrokerKind, Message, SharedBroker};
+
+use crate::config::settings_from;
+use crate::convert::{PhpJson, headers_from, seconds};
+use crate::errors::{
+    Class, Context, block_error, config_error, engine_error, engine_error_with, throw,
+};
+use crate::interface::{MessageBrokerInterface, PhpInterfaceMessageBrokerInterface};
+use crate::runtime::{block_on, runtime};
+
+/// How long dropping a broker (end of request or process) waits for queued messages.
+const FLUSH_AT_DROP: Duration = Duration::from_secs(5);
+
+/// A connection to a broker: publish JSON payloads, consume with a PHP callable.
+#[php_class]
+#[php(name = "Polybus\\Broker")]
+pub struct Broker {
+    inner: Option<SharedBroker>,
+    kind: BrokerKind,
+    url: String,
+    timeout: Duration,
+}
+
+impl Broker {
+    /// The open broker, or the exception for using a closed one.
+    pub(crate) fn open(&self) -> PhpResult<&SharedBroker> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| throw(Class::Polybus, format!("the broker {} is closed", self.url)))
+    }
+
+    /// The bound on connecting, publishing and flushing.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn message(destination: &str, payload: &ZendHashTable) -> PhpResult<Message> {
+        Message::json(destination, &PhpJson(payload)).map_err(|err| {
+            throw(
+                Class::InvalidMessage,
+                format!("the payload for {destination:?} cannot be encoded as JSON: {err}"),
+            )
+        })
+    }
+
+    fn send(&self, message: Message) -> PhpResult<String> {
+        let broker = self.open()?;
+        message
+            .validate()
+            .map_err(|err| engine_error(&err, Context::Publish))?;
+        let receipt = block_on(self.timeout, broker.publish(message))
+            .map_err(|err| block_error(err, "publishing"))?
+            .map_err(|err| engine_error(&err, Context::Publish))?;
+        Ok(receipt.id)
+    }
+}
+
+#[php_impl]
+impl Broker {
+    /// Connects to the broker a URL (`memory://`, `null://`, `kafka://host:9092`,
+    /// `amqp://user:pass@host:5672/vhost`, `redis://host:6379/0?mode=list|pubsub|streams`)
+    /// or a configuration array (`['driver' => 'redis', 'host' => ..., 'redis_mode' => 'list']`)
+    /// describes. Throws `ConfigurationException` naming the bad part, or
+    /// `ConnectionException` when a broker that connects eagerly (Redis) cannot be reached.
+    pub fn __construct(config: &Zval) -> PhpResult<Self> {
+        let settings = settings_from(config).map_err(config_error)?;
+        let url = settings.broker.redacted_url();
+        let broker = block_on(settings.timeout, polybus::connect(&settings.broker))
+            .map_err(|err| block_error(err, &format!("connecting to {url}")))?
+            .map_err(|err| engine_error(&err, Context::Connect))?;
+        Ok(Broker {
+            inner: Some(broker),
+            kind: settings.broker.kind(),
+            url,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Publishes one message and returns its id. `$options`: `key` (ordering key), `headers`
+    /// (name => scalar), `id` (keep an upstream id).
+    pub fn publish_message(
+        &self,
+        destination: String,
+        payload: &ZendHashTable,
+        options: Option<&ZendHashTable>,
+    ) -> PhpResult<String> {
+        let mut message = Self::message(&destination, payload)?;
+        if let Some(options) = options {
+            for (key, _) in options.iter() {
+                let name = key.to_string();
+                if !["key", "headers", "id"].contains(&name.as_str()) {
+                    return Err(config_error(format!(
+                        "invalid configuration ({name}): unknown publish option; expected key, headers or id"
+                    )));
+                }
+            }
+            if let Some(key) = options.get("key").filter(|v| !v.is_null()) {
+                let key = key.coerce_to_string().ok_or_else(|| {
+                    config_error("invalid configuration (key): expected a string")
+                })?;
+                message = message.with_key(key);
+            }
+            if let Some(id) = options.get("id").filter(|v| !v.is_null()) {
+                let id = id
+                    .coerce_to_string()
+                    .ok_or_else(|| config_error("invalid configuration (id): expected a string"))?;
+                message = message.with_id(id);
+            }
+            if let Some(headers) = options.get("headers").filter(|v| !v.is_null()) {
+                let headers = headers.array().ok_or_else(|| {
+                    config_error("invalid configuration (headers): expected an array")
+                })?;
+                message.headers = headers_from(headers).map_err(|reason| {
+                    throw(Class::InvalidMessage, format!("invalid message: {reason}"))
+                })?;
+            }
+        }
+        self.send(message)
+    }
+
+    /// Publishes every array of `$payloads` to `$destination`, pipelined, and returns how many
+    /// the broker accepted. Throws (after all were tried) when any failed, saying how many.
+    pub fn publish_batch(&self, destination: String, payloads: &ZendHashTable) -> PhpResult<i64> {
+        let broker = self.open()?;
+        let mut messages = Vec::with_capacity(payloads.len());
+        for (index, payload) in payloads.values().enumerate() {
+            let payload = payload.dereference().array().ok_or_else(|| {
+                throw(
+                    Class::InvalidMessage,
+                    format!("invalid message: payload {index} for {destination:?} is not an array"),
+                )
+            })?;
+            let message = Self::message(&destination, payload)?;
+            message
+                .validate()
+                .map_err(|err| engine_error(&err, Context::Publish))?;
+            messages.push(message);
+        }
+        let total = messages.len();
+        let results = block_on(self.timeout, broker.publish_batch(messages))
+            .map_err(|err| block_error(err, "publishing a batch"))?;
+        let mut accepted = 0i64;
+        let mut first_error = None;
+        let mut failed = 0usize;
+        for result in results {
+            match result {
+                Ok(_) => accepted += 1,
+                Err(err) => {
+                    failed += 1;
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(accepted),
+            Some(err) => Err(engine_error_with(
+                &err,
+                Context::Publish,
+                format!("{failed} of {total} messages to {destination:?} failed; the first: {err}"),
+            )),
+        }
+    }
+
+    /// Waits up to `$timeout` seconds until everything published so far was accepted.
+    #[php(defaults(timeout = 10.0))]
+    pub fn flush(&self, timeout: f64) -> PhpResult<()> {
+        let broker = self.open()?;
+        let limit = seconds(timeout, "timeout")
+            .map_err(|r| config_error(format!("invalid configuration (timeout): {r}")))?;
+        // The engine's own bound comes first; ours only guards against a broker that ignores it.
+        block_on(limit + Duration::from_secs(1), broker.flush(limit))
+            .map_err(|err| block_error(err, "flushing"))?
+            .map_err(|err| engine_error(&err, Context::Publish))
+    }
+
+    /// Consumes from `$destination`, calling `$handler(Polybus\Message $message)` for each
+    /// message on this thread, until `$limit` messages were handled or `$timeout` seconds
+    /// passed (`INF` for no time limit); returns how many were handled. Returning acknowledges
+    /// the message; throwing applies the retry policy, then the dead-letter destination
+    /// (`<destination>.dlq` by default). `$options`: `group` (default: the destination),
+    /// `concurrency`, `prefetch`, `max_retries` (null: for ever), `retry_delay`,
+    /// `retry_multiplier`, `retry_max_delay`, `retry_jitter`, `dead_letter` (a destination,
+    /// or false to reject on the broker), `start` (`earliest`, `latest`), `poll_interval`
+    /// (seconds between signal checks, default 0.2), `stop` (a callable returning true to stop).
+    /// Pending pcntl signal handlers run between messages and at every poll interval.
+    #[php(defaults(timeout = 30.0))]
+    #[php(optional = "timeout")]
+    pub fn consume(
+        &self,
+        destination: String,
+        handler: ZendCallable,
+        limit: i64,
+        timeout: f64,
+        options: Option<&ZendHashTable>,
+    ) -> PhpResult<i64> {
+        crate::consume::consume(self, destination, handler, limit, timeout, options)
+    }
+
+    /// Flushes, then releases the connection; later calls throw. For `memory://` brokers only
+    /// this handle is released: the process-wide broker and its messages stay.
+    #[php(defaults(timeout = 10.0))]
+    pub fn close(&mut self, timeout: f64) -> PhpResult<()> {
+        let limit = seconds(timeout, "timeout")
+            .map_err(|r| config_error(format!("invalid configuration (timeout): {r}")))?;
+        let Some(broker) = self.inner.take() else {
+            return Ok(());
+        };
+        let kind = self.kind;
+        let closed = block_on(limit + Duration::from_secs(1), async move {
+            let flushed = broker.flush(limit).await;
+            let closed = if kind == BrokerKind::Memory {
+                Ok(())
+            } else {
+                broker.close().await
+            };
+            drop(broker);
+            flushed.and(closed)
+        });
+        closed
+            .map_err(|err| block_error(err, "closing"))?
+            .map_err(|err| engine_error(&err, Context::Publish))
+    }
+
+    /// The backend: `memory`, `null`, `kafka`, `rabbitmq` or `redis`.
+    pub fn driver(&self) -> String {
+        self.kind.as_str().to_owned()
+    }
+
+    /// The broker URL with any password shown as `***`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+}
+
+#[php_impl_interface]
+impl MessageBrokerInterface for Broker {
+    fn publish(&self, destination: String, payload: &ZendHashTable) -> PhpResult<()> {
+        let message = Self::message(&destination, payload)?;
+        self.send(message).map(drop)
+    }
+}
+
+impl Drop for Broker {
+    /// Messages still queued are flushed (bounded) before the connection goes, whether the
+    /// object dies with its last reference, at the end of the request or at process exit.
+    fn drop(&mut self) {
+        let Some(broker) = self.inner.take() else {
+            return;
+        };
+        let Ok(runtime) = runtime() else {
+            std::mem::forget(broker);
+            return;
+        };
+        runtime.block_on(async move {
+            let _ = tokio::time::timeout(FLUSH_AT_DROP, broker.flush(FLUSH_AT_DROP)).await;
+            // Backends may spawn clean-up tasks when dropped: drop inside the runtime.
+            drop(broker);
+        });
+    }
+}

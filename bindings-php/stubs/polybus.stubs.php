@@ -1,0 +1,208 @@
+<?php
+
+/**
+ * IDE stubs of the Polybus PHP extension (ext-polybus). They describe the classes the
+ * extension declares; they are never loaded at run time. `tests/StubsTest.php` checks them
+ * against the loaded extension with Reflection, so they cannot drift.
+ */
+
+declare(strict_types=1);
+
+namespace Polybus {
+    /**
+     * What application code needs from a broker: publish an array payload to a destination.
+     */
+    interface MessageBrokerInterface
+    {
+        /**
+         * Publishes `$payload`, JSON-encoded (a list as a JSON array, a map as a JSON object),
+         * to `$destination`.
+         */
+        public function publish(string $destination, array $payload): void;
+    }
+
+    /**
+     * A connection to a broker: publish JSON payloads, consume with a PHP callable.
+     */
+    class Broker implements MessageBrokerInterface
+    {
+        /**
+         * Connects to the broker a URL (`memory://`, `null://`, `kafka://host:9092`,
+         * `amqp://user:pass@host:5672/vhost`, `redis://host:6379/0?mode=list|pubsub|streams`)
+         * or a configuration array (`['driver' => 'redis', 'host' => ..., 'redis_mode' => 'list']`)
+         * describes. Keys the array leaves out come from the environment (`REDIS_URL`,
+         * `KAFKA_BROKERS`, `RABBITMQ_URL`, `RABBITMQ_HOST`, ...), then local defaults.
+         *
+         * @param string|array<string, mixed> $config
+         * @throws Exception\ConfigurationException naming the bad part of the configuration
+         * @throws Exception\ConnectionException when a broker that connects eagerly (Redis) is unreachable
+         */
+        public function __construct(mixed $config) {}
+
+        /**
+         * Publishes one message and returns its id.
+         *
+         * @param array{key?: string, headers?: array<string, scalar>, id?: string}|null $options
+         * @throws Exception\PolybusException
+         */
+        public function publishMessage(string $destination, array $payload, ?array $options = null): string {}
+
+        /**
+         * Publishes every array of `$payloads`, pipelined; returns how many the broker accepted.
+         * Throws after all were tried when any failed, saying how many.
+         *
+         * @param list<array<mixed>> $payloads
+         * @throws Exception\PolybusException
+         */
+        public function publishBatch(string $destination, array $payloads): int {}
+
+        /**
+         * Waits up to `$timeout` seconds until everything published so far was accepted.
+         *
+         * @throws Exception\PolybusException
+         */
+        public function flush(float $timeout = 10.0): void {}
+
+        /**
+         * Consumes from `$destination`, calling `$handler(Message $message)` for each message on
+         * this thread, until `$limit` messages were handled or `$timeout` seconds passed (`INF`
+         * for no time limit). Returns how many were handled. Returning acknowledges the message;
+         * throwing applies the retry policy, then sends it to the dead-letter destination
+         * (`<destination>.dlq` by default) with the exception's class and message in headers.
+         * Pending pcntl signal handlers run between messages and at every poll interval; the
+         * `stop` callable is asked at the same points. Messages fetched but not handled are
+         * given back to the broker.
+         *
+         * @param callable(Message): mixed $handler
+         * @param array{
+         *     group?: string,
+         *     concurrency?: int,
+         *     prefetch?: int,
+         *     max_retries?: int|null,
+         *     retry_delay?: float,
+         *     retry_multiplier?: float,
+         *     retry_max_delay?: float,
+         *     retry_jitter?: float,
+         *     dead_letter?: string|false,
+         *     start?: 'earliest'|'latest',
+         *     poll_interval?: float,
+         *     stop?: callable(): bool,
+         * }|null $options
+         * @throws Exception\PolybusException
+         */
+        public function consume(string $destination, callable $handler, int $limit, float $timeout = 30.0, ?array $options = null): int {}
+
+        /**
+         * Flushes, then releases the connection; later calls throw. For `memory://` brokers only
+         * this handle is released.
+         *
+         * @throws Exception\PolybusException
+         */
+        public function close(float $timeout = 10.0): void {}
+
+        /** The backend: `memory`, `null`, `kafka`, `rabbitmq` or `redis`. */
+        public function driver(): string {}
+
+        /** The broker URL with any password shown as `***`. */
+        public function url(): string {}
+
+        /**
+         * @throws Exception\PolybusException
+         */
+        public function publish(string $destination, array $payload): void {}
+    }
+
+    /**
+     * A message received by `Broker::consume()`: read-only.
+     */
+    class Message
+    {
+        /**
+         * Not constructible from PHP: messages come from `Broker::consume()`.
+         */
+        public function __construct() {}
+
+        /** The message id (a UUIDv7 unless the producer chose one); stable across retries. */
+        public function id(): string {}
+
+        /** The destination it was published to. */
+        public function topic(): string {}
+
+        /** The ordering key, if the producer set one. */
+        public function key(): ?string {}
+
+        /**
+         * The user headers.
+         *
+         * @return array<string, string>
+         */
+        public function headers(): array {}
+
+        /** One header, or null when it is absent. */
+        public function header(string $name): ?string {}
+
+        /**
+         * The payload decoded from JSON (objects as associative arrays), or null when the content
+         * type is not JSON or the JSON is not an object or array.
+         */
+        public function payload(): ?array {}
+
+        /** The raw body, as bytes. */
+        public function body(): string {}
+
+        /** The MIME type of the body (`application/json` for payloads published from arrays). */
+        public function contentType(): string {}
+
+        /** Which delivery this is: 1 the first time, 2 on the first retry, ... */
+        public function attempt(): int {}
+
+        /** When the message was created, in milliseconds since the Unix epoch. */
+        public function timestamp(): int {}
+
+        /** True when the broker says it delivered this message before. */
+        public function isRedelivered(): bool {}
+
+        /** The partition it was read from, where the broker has partitions (Kafka). */
+        public function partition(): ?int {}
+
+        /** The offset it was read from, where the broker has a log (Kafka, memory). */
+        public function offset(): ?int {}
+    }
+}
+
+namespace Polybus\Exception {
+    /** Base class of every exception the extension throws. */
+    class PolybusException extends \RuntimeException
+    {
+    }
+
+    /** A URL, configuration array or option is invalid; the message names the bad part. */
+    class ConfigurationException extends PolybusException
+    {
+    }
+
+    /** The broker could not be reached, or the connection was lost. */
+    class ConnectionException extends PolybusException
+    {
+    }
+
+    /** The broker refused or failed a publish. */
+    class PublishException extends PolybusException
+    {
+    }
+
+    /** A payload is not JSON-encodable, or a header or destination is invalid. */
+    class InvalidMessageException extends PolybusException
+    {
+    }
+
+    /** Subscribing or consuming failed. */
+    class ConsumeException extends PolybusException
+    {
+    }
+
+    /** An operation did not finish within its time limit. */
+    class TimeoutException extends PolybusException
+    {
+    }
+}

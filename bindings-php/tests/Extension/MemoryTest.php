@@ -1,0 +1,16 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Polybus\Tests\Extension;
+
+/**
+ * The contract on the embedded memory broker.
+ */
+final class MemoryTest extends BrokerContractTest
+{
+    protected function url(): string
+    {
+        return 'memory://php-tests';
+    }
+}
