@@ -281,3 +281,38 @@ def test_a_forked_child_gets_a_working_runtime_of_its_own(topic: str) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed: {status}"
+
+
+@pytest.mark.parametrize("kind", ["kafka", "rabbitmq", "redis"])
+def test_manual_consumers_of_each_broker(kind: str, topic: str) -> None:
+    from polybus.kafka import KafkaConsumer
+    from polybus.rabbitmq import RabbitMQConsumer
+    from polybus.redis import RedisConsumer
+
+    consumer_class, url = {
+        "kafka": (KafkaConsumer, "kafka://127.0.0.1:9092"),
+        "rabbitmq": (RabbitMQConsumer, "amqp://guest:guest@127.0.0.1:5672/"),
+        "redis": (RedisConsumer, "redis://127.0.0.1:6379/0"),
+    }[kind]
+    seen: list[dict] = []
+
+    async def process_message(message: dict) -> None:
+        seen.append(message)
+
+    async def main() -> None:
+        consumer = consumer_class(
+            group_id=f"{topic}.manual", topics=[topic], message_handler=process_message, url=url
+        )
+        await consumer.start()
+        await consumer.wait_ready()
+        polybus.configure_messaging(url=url)
+        await get_producer().send(topic, {"order_id": 9})
+        deadline = time.monotonic() + 30
+        while not seen:
+            assert time.monotonic() < deadline, "the manual consumer got nothing"
+            await asyncio.sleep(0.02)
+        stats = await consumer.stop()
+        assert stats["succeeded"] == 1
+
+    asyncio.run(main())
+    assert seen == [{"order_id": 9}]
