@@ -15,6 +15,11 @@
 #   KAFKA_START_TIMEOUT     seconds to wait for the broker to start (default 90)
 set -euo pipefail
 
+# shellcheck disable=SC2034 # read by lib/common.sh
+LOG_TAG=kafka
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
 KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
 KAFKA_FALLBACK_VERSION=${KAFKA_FALLBACK_VERSION:-3.9.2}
 SCALA_BINARY=2.13
@@ -40,23 +45,11 @@ CLUSTER_ID_FILE=$CACHE_ROOT/cluster.id
 FORMATTED_BY_FILE=$DATA_DIR/.polybus-formatted-by
 
 JAVA=java
-APT_UPDATED=0
 STARTED_PID=""
 
-say() { echo "[kafka] $*"; }
-die() {
-    echo "[kafka] ERROR: $*" >&2
-    exit 1
-}
 
 # --------------------------------------------------------------------------------------------
 # Probes
-
-# True when something accepts TCP connections on $1:$2.
-port_open() {
-    # shellcheck disable=SC2016 # expanded by the inner shell
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
-}
 
 # True when a Kafka broker answers on $1:$2: sends an ApiVersions v0 request (api key 18,
 # correlation id 0x504f4c59 "POLY", empty client id) and checks the response echoes the id.
@@ -74,30 +67,11 @@ kafka_answers() {
 }
 
 # Prints the pid from the pid file when that process is alive and is a Kafka server.
-our_pid() {
-    local pid
-    [[ -f $PID_FILE ]] || return 1
-    pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
-    echo "$pid"
-}
+our_pid() { pid_from_file "$PID_FILE" 'kafka\.Kafka'; }
 
 # --------------------------------------------------------------------------------------------
 # Tools
 
-apt_install() {
-    command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
-    if [[ $APT_UPDATED -eq 0 ]]; then
-        say "apt-get update"
-        apt-get update -qq || die "apt-get update failed"
-        APT_UPDATED=1
-    fi
-    say "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null ||
-        die "apt-get install $* failed"
-}
 
 java_major() {
     "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\)[."].*/\1/p' | head -n1

@@ -21,6 +21,11 @@
 #   RABBITMQ_MEMORY_LIMIT    memory high watermark, above which publishers are blocked (default 1GB)
 set -euo pipefail
 
+# shellcheck disable=SC2034 # read by lib/common.sh
+LOG_TAG=rabbitmq
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
 NODENAME=polybus@localhost
 HOST=127.0.0.1
 PORT=5672
@@ -77,23 +82,11 @@ RMQ_ENV=(
     "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
 )
 
-APT_UPDATED=0
 POLICY_GUARD=0
 
-say() { echo "[rabbitmq] $*"; }
-die() {
-    echo "[rabbitmq] ERROR: $*" >&2
-    exit 1
-}
 
 # --------------------------------------------------------------------------------------------
 # Probes
-
-# True when something accepts TCP connections on $1:$2.
-port_open() {
-    # shellcheck disable=SC2016 # expanded by the inner shell
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
-}
 
 # Prints how an AMQP 0-9-1 handshake as guest/guest on vhost / goes on $1:$2: "ok", "closed"
 # (nothing listens), "noamqp" (something else listens), "refused" (login refused) or "novhost".
@@ -205,18 +198,6 @@ unguard_services() {
     fi
 }
 
-apt_install() {
-    command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
-    local -a apt=(apt-get -o DPkg::Lock::Timeout=300)
-    if [[ $APT_UPDATED -eq 0 ]]; then
-        say "apt-get update"
-        "${apt[@]}" update -qq || die "apt-get update failed"
-        APT_UPDATED=1
-    fi
-    say "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq "$@" >/dev/null ||
-        die "apt-get install $* failed"
-}
 
 # Stops the package's default node if its installation started one anyway (a policy-rc.d that
 # allows starts): it would hold :5672 and epmd's name table with another cookie.

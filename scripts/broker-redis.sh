@@ -19,6 +19,11 @@
 # alone by `down`.
 set -euo pipefail
 
+# shellcheck disable=SC2034 # read by lib/common.sh
+LOG_TAG=redis
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
 HOST=127.0.0.1
 PORT=${POLYBUS_REDIS_PORT:-6379}
 START_TIMEOUT=${REDIS_START_TIMEOUT:-20}
@@ -32,13 +37,7 @@ PID_FILE=$CACHE_ROOT/redis.pid
 
 REDIS_SERVER=redis-server
 REDIS_CLI=redis-cli
-APT_UPDATED=0
 
-say() { echo "[redis] $*"; }
-die() {
-    echo "[redis] ERROR: $*" >&2
-    exit 1
-}
 
 # --------------------------------------------------------------------------------------------
 # Probes
@@ -51,37 +50,13 @@ redis_answers() {
 }
 
 # True when something accepts TCP connections on $HOST:$PORT.
-port_open() {
-    # shellcheck disable=SC2016 # expanded by the inner shell
-    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$HOST" "$PORT" 2>/dev/null
-}
 
 # Prints the pid from the pid file when that process is alive and is a redis-server.
-our_pid() {
-    local pid
-    [[ -f $PID_FILE ]] || return 1
-    pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'redis-server' || return 1
-    echo "$pid"
-}
+our_pid() { pid_from_file "$PID_FILE" 'redis-server'; }
 
 # --------------------------------------------------------------------------------------------
 # Installation
 
-apt_install() {
-    command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
-    if [[ $APT_UPDATED -eq 0 ]]; then
-        say "apt-get update"
-        apt-get -o DPkg::Lock::Timeout=300 update -qq || die "apt-get update failed"
-        APT_UPDATED=1
-    fi
-    say "apt-get install $*"
-    # Waits for the dpkg lock: another provisioning script may be installing at the same time.
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >/dev/null ||
-        die "apt-get install $* failed"
-}
 
 # Stops and disables the system-wide service the package may have started, so it does not
 # hold the port now or after a reboot. Only called right after this script installed Redis.
@@ -199,7 +174,7 @@ cmd_up() {
         fi
         return 0
     fi
-    if port_open; then
+    if port_open "$HOST" "$PORT"; then
         die "port $HOST:$PORT is taken by something that does not answer Redis PING (a Redis with a password?)"
     fi
     if pid=$(our_pid); then

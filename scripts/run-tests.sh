@@ -2,7 +2,7 @@
 # Runs every test suite and ends with one tally line: "all: N passed, N failed".
 # Each suite's output is shown as it runs; a failing suite fails the run after the tally.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT

@@ -18,6 +18,21 @@ fn uuid_suffix() -> String {
     polybus::message::new_message_id().replace('-', "")[20..].to_owned()
 }
 
+/// The test Redis server's URL in `mode` (`POLYBUS_TEST_REDIS_URL` overrides the server; its
+/// own `mode` is replaced).
+pub fn redis_url(mode: &str) -> String {
+    let base = std::env::var("POLYBUS_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+    let (address, query) = base.split_once('?').unwrap_or((&base, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+        .map(str::to_owned)
+        .collect();
+    params.push(format!("mode={mode}"));
+    format!("{address}?{}", params.join("&"))
+}
+
 /// Installs a log subscriber once (RUST_LOG controls it).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
