@@ -67,6 +67,7 @@ impl ConsumerSettings {
                 Some(topic) => DeadLetter::Topic(topic.to_owned()),
             },
             drain_timeout: seconds(self.drain_timeout),
+            ..ConsumerOptions::default()
         }
     }
 }

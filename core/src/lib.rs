@@ -37,8 +37,8 @@ pub use brokers::{connect, connect_url};
 pub use capabilities::Capabilities;
 pub use config::{BrokerConfig, BrokerKind};
 pub use consumer::{
-    Consumer, ConsumerOptions, ConsumerStats, DeadLetter, Handler, HandlerError, Received,
-    RetryPolicy, StopReport, handler_fn,
+    Consumer, ConsumerOptions, ConsumerStats, DeadLetter, Dedup, DedupStore, Handler, HandlerError,
+    MemoryDedupStore, Received, RetryPolicy, StopReport, handler_fn,
 };
 pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 pub use error::{Error, Result};

@@ -254,3 +254,33 @@ async fn next_batch_takes_what_is_ready_up_to_the_limit() {
         delivery.ack().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn released_messages_come_back_in_publish_order() {
+    let broker = small(100);
+    let mut sub = broker
+        .subscribe(SubscriptionSpec::new(["t"], "g").with_prefetch(10))
+        .await
+        .unwrap();
+    for n in 0..4 {
+        broker
+            .publish(Message::text("t", n.to_string()))
+            .await
+            .unwrap();
+    }
+    let first = sub.next().await.unwrap().unwrap();
+    first.ack().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sub.close().await.unwrap(); // releases the prefetched 1, 2 and 3
+    let mut again = broker
+        .subscribe(SubscriptionSpec::new(["t"], "g"))
+        .await
+        .unwrap();
+    let mut texts = Vec::new();
+    for _ in 0..3 {
+        let d = again.next().await.unwrap().unwrap();
+        texts.push(d.message.payload_str().unwrap().to_owned());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(texts, ["1", "2", "3"]);
+}

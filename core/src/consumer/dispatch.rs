@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::dead_letter::DeadLetterer;
+use super::dedup::Dedup;
 use super::{ConsumerStats, Handler, HandlerError, RetryPolicy};
 use crate::delivery::Delivery;
 use crate::error::Result;
@@ -28,6 +29,7 @@ pub(super) struct Counters {
     rejected: AtomicU64,
     dead_lettered: AtomicU64,
     released: AtomicU64,
+    duplicates: AtomicU64,
     settle_errors: AtomicU64,
 }
 
@@ -42,9 +44,20 @@ impl Counters {
             rejected: get(&self.rejected),
             dead_lettered: get(&self.dead_lettered),
             released: get(&self.released),
+            duplicates: get(&self.duplicates),
             settle_errors: get(&self.settle_errors),
         }
     }
+}
+
+/// What the dedup store said about a delivery.
+enum Claim {
+    /// No dedup store, or it failed: handle the message.
+    None,
+    /// Claimed under this key: handle the message, release the key if the handler fails.
+    Held(String),
+    /// Handled (or being handled) already: acknowledge without handling.
+    Skip,
 }
 
 /// A delivery and the concurrency slot it holds until it is settled.
@@ -54,6 +67,8 @@ pub(super) struct Dispatcher {
     handler: Arc<dyn Handler>,
     retry: RetryPolicy,
     dead_letters: DeadLetterer,
+    /// The dedup settings and the consumer group the ids are remembered for.
+    dedup: Option<(Dedup, String)>,
     tracker: TaskTracker,
     abort: CancellationToken,
     counters: Arc<Counters>,
@@ -66,6 +81,7 @@ impl Dispatcher {
         handler: Arc<dyn Handler>,
         retry: RetryPolicy,
         dead_letters: DeadLetterer,
+        dedup: Option<(Dedup, String)>,
         tracker: TaskTracker,
         abort: CancellationToken,
         counters: Arc<Counters>,
@@ -74,6 +90,7 @@ impl Dispatcher {
             handler,
             retry,
             dead_letters,
+            dedup,
             tracker,
             abort,
             counters,
@@ -131,11 +148,25 @@ impl Dispatcher {
             self.give_back(delivery).await;
             return;
         }
+        let claim = match self.claim(&delivery).await {
+            Claim::Skip => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                if let Err(err) = delivery.ack().await {
+                    self.counters.settle_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %err, "acknowledging a duplicate failed; it comes back");
+                }
+                return;
+            }
+            claim => claim,
+        };
         let outcome = tokio::select! {
             biased;
             _ = self.abort.cancelled() => None,
             result = AssertUnwindSafe(self.handler.handle(&delivery)).catch_unwind() => Some(result),
         };
+        if !matches!(outcome, Some(Ok(Ok(())))) {
+            self.unclaim(claim).await;
+        }
         let settled = match outcome {
             None => {
                 self.give_back(delivery).await;
@@ -197,6 +228,32 @@ impl Dispatcher {
                 let delay = self.retry.max_delay;
                 delivery.nack(Some(delay)).await.and(Err(publish_err))
             }
+        }
+    }
+
+    /// Claims the message id in the dedup store, if the consumer has one. A store that cannot
+    /// be reached does not stop consumption: the message is handled (at-least-once).
+    async fn claim(&self, delivery: &Delivery) -> Claim {
+        let Some((dedup, group)) = &self.dedup else {
+            return Claim::None;
+        };
+        let key = format!("polybus:dedup:{group}:{}", delivery.message.id);
+        match dedup.store.claim(&key, dedup.ttl).await {
+            Ok(true) => Claim::Held(key),
+            Ok(false) => Claim::Skip,
+            Err(err) => {
+                tracing::warn!(error = %err, "the dedup store failed; handling the message anyway");
+                Claim::None
+            }
+        }
+    }
+
+    /// Gives a claim back after a failure, so the retry is not taken for a duplicate.
+    async fn unclaim(&self, claim: Claim) {
+        if let (Claim::Held(key), Some((dedup, _))) = (claim, &self.dedup)
+            && let Err(err) = dedup.store.release(&key).await
+        {
+            tracing::warn!(error = %err, "releasing a dedup claim failed; it expires on its own");
         }
     }
 

@@ -3,6 +3,7 @@
 //! retry policy on failure, and stops gracefully.
 
 mod dead_letter;
+mod dedup;
 mod dispatch;
 mod handler;
 mod retry;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use dead_letter::DeadLetter;
+pub use dedup::{Dedup, DedupStore, MemoryDedupStore};
 pub use handler::{FnHandler, Handler, HandlerError, Received, handler_fn};
 pub use retry::RetryPolicy;
 
@@ -32,6 +34,8 @@ pub struct ConsumerOptions {
     pub retry: RetryPolicy,
     /// Where messages go that failed for good (retries exhausted, or a permanent failure).
     pub dead_letter: DeadLetter,
+    /// Skip messages whose id was handled within a time window (off by default).
+    pub dedup: Option<Dedup>,
     /// How long [`Consumer::stop`] waits for in-flight handlers before giving their messages
     /// back to the broker unprocessed.
     pub drain_timeout: Duration,
@@ -42,6 +46,7 @@ impl Default for ConsumerOptions {
         ConsumerOptions {
             retry: RetryPolicy::default(),
             dead_letter: DeadLetter::default(),
+            dedup: None,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -64,6 +69,8 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// Messages given back unprocessed at stop.
     pub released: u64,
+    /// Messages skipped (and acknowledged) as already handled, by the dedup store.
+    pub duplicates: u64,
     /// Acknowledgements the broker refused (the message will come again).
     pub settle_errors: u64,
 }
@@ -105,6 +112,7 @@ impl Consumer {
     ) -> Result<Consumer> {
         spec.validate()?;
         let concurrency = spec.concurrency;
+        let group = spec.group.clone();
         let subscription = broker.subscribe(spec).await?;
         let ready = subscription.ready_signal();
         let stop_fetching = CancellationToken::new();
@@ -113,10 +121,12 @@ impl Consumer {
         let tracker = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let dead_letters = dead_letter::DeadLetterer::new(broker.clone(), options.dead_letter);
+        let dedup = options.dedup.map(|d| (d, group));
         let dispatcher = Arc::new(Dispatcher::new(
             handler,
             options.retry,
             dead_letters,
+            dedup,
             tracker.clone(),
             abort.clone(),
             counters.clone(),

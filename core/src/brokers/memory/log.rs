@@ -240,8 +240,15 @@ impl Topic {
                 true
             }
             Settlement::Release => {
+                // Back in log order: releasing several (a closing subscription's prefetch)
+                // keeps them in the order they were published.
                 let attempts = attempt.saturating_sub(1);
-                state.ready.push_front(Pending { offset, attempts });
+                let at = state
+                    .ready
+                    .iter()
+                    .position(|p| p.offset > offset)
+                    .unwrap_or(state.ready.len());
+                state.ready.insert(at, Pending { offset, attempts });
                 true
             }
         }

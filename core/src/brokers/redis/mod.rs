@@ -19,6 +19,7 @@
 //! Sentinel and Cluster are not supported yet.
 
 mod conn;
+mod dedup;
 mod envelope;
 mod keys;
 mod list;
@@ -35,6 +36,7 @@ use ::redis::aio::ConnectionManager;
 use ::redis::{Client, Cmd, Value};
 use async_trait::async_trait;
 
+pub use self::dedup::RedisDedupStore;
 use self::settings::Settings;
 use crate::broker::{Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec};
 use crate::capabilities::Capabilities;
@@ -130,6 +132,11 @@ impl RedisBroker {
                 closed: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// A dedup store on this server, for idempotent consumers in several processes.
+    pub fn dedup_store(&self) -> RedisDedupStore {
+        RedisDedupStore::new(self.inner.clone())
     }
 
     /// The mode this broker runs in.
