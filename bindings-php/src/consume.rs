@@ -128,20 +128,21 @@ fn plan<'a>(destination: &str, options: Option<&'a ZendHashTable>) -> PhpResult<
                 consumer.dead_letter = if value.is_false() {
                     DeadLetter::Reject
                 } else {
-                    match value.str().filter(|s| !s.is_empty()) {
-                        Some(topic) => DeadLetter::Topic(topic.to_owned()),
-                        None => {
-                            return Err(invalid(&key, "expected a destination name, or false"));
-                        }
-                    }
+                    value
+                        .str()
+                        .ok_or_else(|| invalid(&key, "expected a destination name, or false"))?
+                        .parse()
+                        .map_err(|err: polybus::Error| invalid(&key, err.to_string()))?
                 };
             }
             "start" => {
-                spec.start = match value.str().map(str::to_ascii_lowercase).as_deref() {
-                    Some("earliest") => StartPosition::Earliest,
-                    Some("latest") => StartPosition::Latest,
-                    _ => return Err(invalid(&key, "expected \"earliest\" or \"latest\"")),
-                };
+                spec.start = value
+                    .str()
+                    .ok_or_else(|| {
+                        invalid(&key, "expected earliest, latest, offset:N or timestamp:MS")
+                    })?
+                    .parse::<StartPosition>()
+                    .map_err(|err| invalid(&key, err.to_string()))?;
             }
             "poll_interval" => {
                 poll = secs()?.clamp(Duration::from_millis(10), Duration::from_secs(5));

@@ -11,7 +11,7 @@ use polybus::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::errors::{ConfigurationError, to_py};
+use crate::errors::to_py;
 
 /// Consumer settings as Python hands them over: a dict with these keys.
 #[derive(FromPyObject)]
@@ -32,27 +32,9 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
-    fn start_position(&self) -> PyResult<StartPosition> {
-        let bad = || {
-            ConfigurationError::new_err(format!(
-                "start {:?} is not earliest, latest, offset:N or timestamp:MS",
-                self.start
-            ))
-        };
-        Ok(match self.start.as_str() {
-            "earliest" => StartPosition::Earliest,
-            "latest" => StartPosition::Latest,
-            other => match other.split_once(':') {
-                Some(("offset", n)) => StartPosition::Offset(n.parse().map_err(|_| bad())?),
-                Some(("timestamp", ms)) => StartPosition::Timestamp(ms.parse().map_err(|_| bad())?),
-                _ => return Err(bad()),
-            },
-        })
-    }
-
-    fn options(&self) -> ConsumerOptions {
+    fn options(&self) -> PyResult<ConsumerOptions> {
         let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        ConsumerOptions {
+        Ok(ConsumerOptions {
             retry: RetryPolicy {
                 max_retries: self.max_retries,
                 initial_delay: seconds(self.retry_delay),
@@ -62,13 +44,11 @@ impl ConsumerSettings {
             },
             dead_letter: match self.dead_letter.as_deref() {
                 None => DeadLetter::default(),
-                Some("reject") => DeadLetter::Reject,
-                Some(suffix) if suffix.starts_with('.') => DeadLetter::Suffix(suffix.to_owned()),
-                Some(topic) => DeadLetter::Topic(topic.to_owned()),
+                Some(text) => text.parse().map_err(to_py)?,
             },
             drain_timeout: seconds(self.drain_timeout),
             ..ConsumerOptions::default()
-        }
+        })
     }
 }
 
@@ -155,9 +135,9 @@ impl NativeConsumer {
         let spec = SubscriptionSpec::new(settings.topics.clone(), settings.group.clone())
             .with_concurrency(settings.concurrency)
             .with_prefetch(settings.prefetch)
-            .with_start(settings.start_position()?);
+            .with_start(settings.start.parse::<StartPosition>().map_err(to_py)?);
         let bridge = HandlerBridge::new(settings.concurrency.max(1));
-        let consumer = Consumer::start(broker, spec, bridge.handler(), settings.options())
+        let consumer = Consumer::start(broker, spec, bridge.handler(), settings.options()?)
             .await
             .map_err(to_py)?;
         Ok(NativeConsumer {

@@ -104,6 +104,29 @@ impl StartPosition {
     }
 }
 
+impl std::str::FromStr for StartPosition {
+    type Err = Error;
+
+    /// Parses `earliest`, `latest`, `offset:N` or `timestamp:MS` (as the bindings take it).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::config(
+                "start",
+                format!("{s:?} is not earliest, latest, offset:N or timestamp:MS"),
+            )
+        };
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "earliest" => StartPosition::Earliest,
+            "latest" => StartPosition::Latest,
+            other => match other.split_once(':') {
+                Some(("offset", n)) => StartPosition::Offset(n.parse().map_err(|_| bad())?),
+                Some(("timestamp", ms)) => StartPosition::Timestamp(ms.parse().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            },
+        })
+    }
+}
+
 /// What to subscribe to and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriptionSpec {

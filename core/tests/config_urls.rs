@@ -342,3 +342,37 @@ fn bindings_resolve_a_kind_url_servers_and_options() {
     .unwrap_err();
     assert!(err.to_string().contains("`nope`"), "{err}");
 }
+
+#[test]
+fn start_positions_and_dead_letters_parse_as_the_bindings_pass_them() {
+    use polybus::{DeadLetter, StartPosition};
+    assert_eq!(
+        "Latest".parse::<StartPosition>().unwrap(),
+        StartPosition::Latest
+    );
+    assert_eq!(
+        "offset:42".parse::<StartPosition>().unwrap(),
+        StartPosition::Offset(42)
+    );
+    assert_eq!(
+        "timestamp:1700000000000".parse::<StartPosition>().unwrap(),
+        StartPosition::Timestamp(1_700_000_000_000)
+    );
+    let err = "offset:x".parse::<StartPosition>().unwrap_err().to_string();
+    assert!(err.contains("start") && err.contains("offset:x"), "{err}");
+    assert_eq!("reject".parse::<DeadLetter>().unwrap(), DeadLetter::Reject);
+    assert_eq!(
+        ".failed".parse::<DeadLetter>().unwrap(),
+        DeadLetter::Suffix(".failed".into())
+    );
+    assert_eq!(
+        "errors".parse::<DeadLetter>().unwrap(),
+        DeadLetter::Topic("errors".into())
+    );
+    assert!(
+        "".parse::<DeadLetter>()
+            .unwrap_err()
+            .to_string()
+            .contains("dead_letter")
+    );
+}

@@ -29,6 +29,24 @@ impl Default for DeadLetter {
     }
 }
 
+impl std::str::FromStr for DeadLetter {
+    type Err = crate::error::Error;
+
+    /// Parses `reject`, a suffix starting with `.` (`.dlq`), or a topic name (as the bindings
+    /// take it).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "" => Err(crate::error::Error::config(
+                "dead_letter",
+                "expected \"reject\", a suffix such as \".dlq\", or a topic",
+            )),
+            "reject" => Ok(DeadLetter::Reject),
+            suffix if suffix.starts_with('.') => Ok(DeadLetter::Suffix(suffix.to_owned())),
+            topic => Ok(DeadLetter::Topic(topic.to_owned())),
+        }
+    }
+}
+
 impl DeadLetter {
     /// The dead-letter topic for a message that failed on `topic`, if messages are published.
     pub fn topic_for(&self, topic: &str) -> Option<String> {
