@@ -186,7 +186,9 @@ impl Broker {
     /// (`<destination>.dlq` by default). `$options`: `group` (default: the destination),
     /// `concurrency`, `prefetch`, `max_retries` (null: for ever), `retry_delay`,
     /// `retry_multiplier`, `retry_max_delay`, `retry_jitter`, `dead_letter` (a destination,
-    /// or false to reject on the broker), `start` (`earliest`, `latest`), `poll_interval`
+    /// or false to reject on the broker), `start` (`earliest`, `latest`, `offset:N`,
+    /// `timestamp:MS`), `dedup` (true or `memory`, or a `redis://` URL: a message id handled
+    /// within `dedup_ttl` seconds, default one day, is acknowledged unhandled), `poll_interval`
     /// (seconds between signal checks, default 0.2), `stop` (a callable returning true to stop).
     /// Pending pcntl signal handlers run between messages and at every poll interval.
     #[php(defaults(timeout = 30.0))]

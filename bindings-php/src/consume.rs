@@ -16,7 +16,7 @@ use ext_php_rs::types::{ZendCallable, ZendClassObject, ZendHashTable, Zval};
 use ext_php_rs::zend::{ExecutorGlobals, ce};
 use polybus::bridge::{HandlerBridge, Job};
 use polybus::{
-    Consumer, ConsumerOptions, DeadLetter, HandlerError, StartPosition, SubscriptionSpec,
+    Consumer, ConsumerOptions, DeadLetter, Dedup, HandlerError, StartPosition, SubscriptionSpec,
 };
 
 use crate::broker::Broker;
@@ -33,7 +33,10 @@ const SETTLE_WAIT: Duration = Duration::from_secs(10);
 /// handlers still in flight wait for jobs nobody will pull; they are given back at once.
 const DRAIN: Duration = Duration::from_millis(50);
 
-const OPTION_NAMES: [&str; 12] = [
+/// How long a handled message id is remembered when `dedup` is on and `dedup_ttl` is not given.
+const DEFAULT_DEDUP_TTL: Duration = Duration::from_secs(86_400);
+
+const OPTION_NAMES: [&str; 14] = [
     "group",
     "concurrency",
     "prefetch",
@@ -44,6 +47,8 @@ const OPTION_NAMES: [&str; 12] = [
     "retry_jitter",
     "dead_letter",
     "start",
+    "dedup",
+    "dedup_ttl",
     "poll_interval",
     "stop",
 ];
@@ -54,6 +59,9 @@ struct Plan<'a> {
     options: ConsumerOptions,
     poll: Duration,
     stop: Option<ZendCallable<'a>>,
+    /// The dedup store (`memory` or a Redis URL), opened when consuming starts.
+    dedup: Option<String>,
+    dedup_ttl: Duration,
 }
 
 fn invalid(key: &str, reason: impl std::fmt::Display) -> PhpException {
@@ -68,12 +76,16 @@ fn plan<'a>(destination: &str, options: Option<&'a ZendHashTable>) -> PhpResult<
     };
     let mut poll = DEFAULT_POLL;
     let mut stop = None;
+    let mut dedup = None;
+    let mut dedup_ttl = DEFAULT_DEDUP_TTL;
     let Some(options) = options else {
         return Ok(Plan {
             spec,
             options: consumer,
             poll,
             stop,
+            dedup,
+            dedup_ttl,
         });
     };
     for (key, value) in options.iter() {
@@ -144,6 +156,28 @@ fn plan<'a>(destination: &str, options: Option<&'a ZendHashTable>) -> PhpResult<
                     .parse::<StartPosition>()
                     .map_err(|err| invalid(&key, err.to_string()))?;
             }
+            "dedup" => {
+                dedup = if value.is_true() {
+                    Some("memory".to_owned())
+                } else if value.is_null() || value.is_false() {
+                    None
+                } else {
+                    Some(
+                        value
+                            .str()
+                            .ok_or_else(|| {
+                                invalid(&key, "expected true, \"memory\" or a redis:// URL")
+                            })?
+                            .to_owned(),
+                    )
+                };
+            }
+            "dedup_ttl" => {
+                dedup_ttl = secs()?;
+                if dedup_ttl.is_zero() {
+                    return Err(invalid(&key, "must be more than 0 seconds"));
+                }
+            }
             "poll_interval" => {
                 poll = secs()?.clamp(Duration::from_millis(10), Duration::from_secs(5));
             }
@@ -174,6 +208,8 @@ fn plan<'a>(destination: &str, options: Option<&'a ZendHashTable>) -> PhpResult<
         options: consumer,
         poll,
         stop,
+        dedup,
+        dedup_ttl,
     })
 }
 
@@ -207,10 +243,15 @@ pub fn consume(
     let plan = plan(&destination, options)?;
     let shared = broker.open()?.clone();
     let bridge = HandlerBridge::new(plan.spec.concurrency);
-    let consumer = block_on(
-        broker.timeout(),
-        Consumer::start(shared, plan.spec, bridge.handler(), plan.options),
-    )
+    let bridge_handler = bridge.handler();
+    let mut options = plan.options;
+    let (dedup, dedup_ttl) = (plan.dedup, plan.dedup_ttl);
+    let consumer = block_on(broker.timeout(), async move {
+        if let Some(store) = dedup {
+            options.dedup = Some(Dedup::open(&store, dedup_ttl).await?);
+        }
+        Consumer::start(shared, plan.spec, bridge_handler, options).await
+    })
     .map_err(|err| block_error(err, &format!("subscribing to {destination:?}")))?
     .map_err(|err| engine_error(&err, Context::Consume))?;
 

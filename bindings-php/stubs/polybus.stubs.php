@@ -84,7 +84,9 @@ namespace Polybus {
          *     retry_max_delay?: float,
          *     retry_jitter?: float,
          *     dead_letter?: string|false,
-         *     start?: 'earliest'|'latest',
+         *     start?: string,
+         *     dedup?: bool|string,
+         *     dedup_ttl?: float,
          *     poll_interval?: float,
          *     stop?: callable(): bool,
          * }|null $options

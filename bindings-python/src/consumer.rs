@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use polybus::bridge::{HandlerBridge, Job};
 use polybus::{
-    Consumer, ConsumerOptions, ConsumerStats, DeadLetter, HandlerError, ReadySignal, RetryPolicy,
-    SharedBroker, StartPosition, SubscriptionSpec,
+    Consumer, ConsumerOptions, ConsumerStats, DeadLetter, Dedup, HandlerError, ReadySignal,
+    RetryPolicy, SharedBroker, StartPosition, SubscriptionSpec,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -28,11 +28,13 @@ pub struct ConsumerSettings {
     max_retry_delay: f64,
     jitter: f64,
     dead_letter: Option<String>,
+    dedup: Option<String>,
+    dedup_ttl: f64,
     drain_timeout: f64,
 }
 
 impl ConsumerSettings {
-    fn options(&self) -> PyResult<ConsumerOptions> {
+    async fn options(&self) -> PyResult<ConsumerOptions> {
         let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
         Ok(ConsumerOptions {
             retry: RetryPolicy {
@@ -46,8 +48,15 @@ impl ConsumerSettings {
                 None => DeadLetter::default(),
                 Some(text) => text.parse().map_err(to_py)?,
             },
+            dedup: match self.dedup.as_deref() {
+                None => None,
+                Some(spec) => Some(
+                    Dedup::open(spec, seconds(self.dedup_ttl))
+                        .await
+                        .map_err(to_py)?,
+                ),
+            },
             drain_timeout: seconds(self.drain_timeout),
-            ..ConsumerOptions::default()
         })
     }
 }
@@ -109,6 +118,7 @@ impl<'py> IntoPyObject<'py> for Stats {
             ("retried", s.retried),
             ("rejected", s.rejected),
             ("dead_lettered", s.dead_lettered),
+            ("duplicates", s.duplicates),
             ("released", s.released),
             ("settle_errors", s.settle_errors),
         ] {
@@ -137,7 +147,7 @@ impl NativeConsumer {
             .with_prefetch(settings.prefetch)
             .with_start(settings.start.parse::<StartPosition>().map_err(to_py)?);
         let bridge = HandlerBridge::new(settings.concurrency.max(1));
-        let consumer = Consumer::start(broker, spec, bridge.handler(), settings.options()?)
+        let consumer = Consumer::start(broker, spec, bridge.handler(), settings.options().await?)
             .await
             .map_err(to_py)?;
         Ok(NativeConsumer {

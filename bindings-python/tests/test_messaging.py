@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -316,3 +317,42 @@ def test_manual_consumers_of_each_broker(kind: str, topic: str) -> None:
 
     asyncio.run(main())
     assert seen == [{"order_id": 9}]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_dedup_handles_a_message_id_once(broker_url: str, topic: str, store: str) -> None:
+    redis_url = os.environ.get("POLYBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    handled: list[dict] = []
+
+    @message_handler(topic=topic, dedup=True if store == "memory" else redis_url)
+    async def handle(message: dict) -> None:
+        handled.append(message)
+
+    async def main() -> None:
+        runner = HandlerRunner(registered_handlers([topic])[0])
+        await runner.start()
+        await runner.wait_ready()
+        try:
+            producer = get_producer()
+            message_id = f"dedup-{uuid.uuid4()}"
+            await producer.send(topic, {"n": 1}, message_id=message_id)
+            await producer.send(topic, {"n": 1}, message_id=message_id)
+            await producer.send(topic, {"n": 2})
+            deadline = time.monotonic() + 30
+            while len(handled) < 2 or runner.stats().get("duplicates", 0) < 1:
+                assert time.monotonic() < deadline, f"timed out: {runner.stats()}"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+        finally:
+            stats = await runner.stop()
+        assert sorted(m["n"] for m in handled) == [1, 2]
+        assert stats["duplicates"] == 1 and stats["succeeded"] == 2, stats
+
+    asyncio.run(main())
+
+
+def test_dedup_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="dedup must be"):
+        message_handler(topic="t", dedup="memcached://x")
+    with pytest.raises(ValueError, match="dedup_ttl"):
+        message_handler(topic="t", dedup=True, dedup_ttl=0)

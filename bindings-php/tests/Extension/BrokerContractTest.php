@@ -162,4 +162,30 @@ abstract class BrokerContractTest extends TestCase
         sort($seen);
         self::assertSame([1, 2, 3], $seen);
     }
+
+    /** @return iterable<string, array{bool|string}> */
+    public static function dedupStores(): iterable
+    {
+        yield 'memory' => [true];
+        yield 'redis' => [getenv('POLYBUS_TEST_REDIS_URL') ?: 'redis://127.0.0.1:6379/0'];
+    }
+
+    /** @dataProvider dedupStores */
+    public function testDedupHandlesAMessageIdOnce(bool|string $store): void
+    {
+        $broker = $this->broker();
+        $topic = $this->prepare($broker, $this->destination('dedup'));
+        $id = 'dedup-' . bin2hex(random_bytes(8));
+        $broker->publishMessage($topic, ['n' => 1], ['id' => $id, 'key' => 'k']);
+        $broker->publishMessage($topic, ['n' => 1], ['id' => $id, 'key' => 'k']);
+        $broker->publishMessage($topic, ['n' => 2], ['key' => 'k']);
+        $seen = [];
+        $handler = static function (Message $m) use (&$seen): void {
+            $seen[] = $m->payload()['n'];
+        };
+        $options = ['dedup' => $store, 'dedup_ttl' => 60];
+        self::assertSame(2, $broker->consume($topic, $handler, 2, $this->patience(), $options));
+        self::assertSame(0, $broker->consume($topic, $handler, 1, 1.0, $options));
+        self::assertSame([1, 2], $seen);
+    }
 }

@@ -27,6 +27,8 @@ class HandlerSpec:
     prefetch: int
     dead_letter: Optional[str]
     start: str
+    dedup: Optional[str] = None
+    dedup_ttl: float = 86400.0
 
     @property
     def name(self) -> str:
@@ -52,6 +54,8 @@ def message_handler(
     prefetch: int = 100,
     dead_letter: Optional[str] = None,
     start: str = "earliest",
+    dedup: Union[bool, str, None] = None,
+    dedup_ttl: float = 86400.0,
 ) -> Callable[[HandlerFunc], HandlerFunc]:
     """Registers an async or sync function as the handler of ``topic`` (one or several).
 
@@ -62,12 +66,16 @@ def message_handler(
     (times ``retry_backoff`` per retry, at most ``max_retry_delay``) up to ``max_retries``
     times, then dead-letters it to ``<topic>.dlq`` (``dead_letter`` names another topic, a
     suffix starting with ``.``, or ``"reject"``). A payload that fails validation is
-    dead-lettered at once. The retry and dead-letter logic runs in the engine."""
+    dead-lettered at once. ``dedup`` makes the handler idempotent: a message id handled within
+    ``dedup_ttl`` seconds is acknowledged without calling it again (``True`` or ``"memory"``
+    remembers ids in this process; a ``redis://`` URL shares them between processes). The
+    retry, dead-letter and dedup logic runs in the engine."""
     topics = (topic,) if isinstance(topic, str) else tuple(topic)
     if not topics or not all(isinstance(t, str) and t for t in topics):
         raise ValueError(f"topic must be a non-empty string or list of strings, got {topic!r}")
     if max_retries < 0 or concurrency < 1 or prefetch < 1:
         raise ValueError("max_retries must be >= 0, concurrency and prefetch >= 1")
+    dedup_store = dedup_spec(dedup, dedup_ttl)
 
     def register(func: HandlerFunc) -> HandlerFunc:
         if not callable(func):
@@ -89,11 +97,28 @@ def message_handler(
                 prefetch=prefetch,
                 dead_letter=dead_letter,
                 start=start,
+                dedup=dedup_store,
+                dedup_ttl=dedup_ttl,
             )
         )
         return func
 
     return register
+
+
+def dedup_spec(dedup: Union[bool, str, None], ttl: float) -> Optional[str]:
+    """The engine's name for a dedup setting: ``None``, ``"memory"`` or a Redis URL."""
+    if dedup is None or dedup is False:
+        return None
+    if ttl <= 0:
+        raise ValueError(f"dedup_ttl must be more than 0 seconds, got {ttl!r}")
+    if dedup is True:
+        return "memory"
+    if isinstance(dedup, str) and (
+        dedup == "memory" or dedup.startswith(("redis://", "rediss://"))
+    ):
+        return dedup
+    raise ValueError(f'dedup must be True, "memory" or a redis:// URL, got {dedup!r}')
 
 
 def registered_handlers(topics: Optional[Sequence[str]] = None) -> list[HandlerSpec]:

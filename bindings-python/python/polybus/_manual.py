@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from . import _polybus
 from ._config import _option
-from ._handlers import HandlerSpec
+from ._handlers import HandlerSpec, dedup_spec
 from ._runner import HandlerRunner
 
 
@@ -33,6 +33,8 @@ class ManualConsumer:
         schema: Optional[type] = None,
         dead_letter: Optional[str] = None,
         start: str = "earliest",
+        dedup: Union[bool, str, None] = None,
+        dedup_ttl: float = 86400.0,
         **options: Any,
     ) -> None:
         self._connect = dict(
@@ -55,6 +57,8 @@ class ManualConsumer:
             prefetch=prefetch,
             dead_letter=dead_letter,
             start=start,
+            dedup=dedup_spec(dedup, dedup_ttl),
+            dedup_ttl=dedup_ttl,
         )
         self._runner: Optional[HandlerRunner] = None
 

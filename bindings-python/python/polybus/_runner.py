@@ -69,6 +69,8 @@ class HandlerRunner:
                 "max_retry_delay": spec.max_retry_delay,
                 "jitter": spec.jitter,
                 "dead_letter": spec.dead_letter,
+                "dedup": spec.dedup,
+                "dedup_ttl": spec.dedup_ttl,
                 "drain_timeout": 30.0,
             }
         )
