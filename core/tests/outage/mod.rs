@@ -1,0 +1,110 @@
+//! The outage scenario every broker runs: a consumer is handling a stream of messages when the
+//! server goes away and comes back. Every message must be delivered at least once, counted.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use polybus::{
+    Consumer, ConsumerOptions, Message, RetryPolicy, SharedBroker, SubscriptionSpec, handler_fn,
+};
+
+/// What one run saw.
+pub struct OutageReport {
+    /// Publishes that failed (during the outage) and were published again.
+    pub publish_retries: usize,
+    /// Handler calls in all (redeliveries included).
+    pub handled: u64,
+}
+
+/// Publishes `total` messages in batches while a consumer handles them; when half are
+/// published, `outage` runs (stop the server, wait, start it again) while publishing goes on.
+/// A publish that fails is published again, as a caller would. Waits (bounded) until every
+/// message was handled at least once.
+pub async fn stream_through_an_outage<F>(
+    broker: SharedBroker,
+    topic: &str,
+    total: usize,
+    outage: F,
+) -> OutageReport
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let record = seen.clone();
+    let handler = handler_fn(move |r| {
+        record.lock().unwrap().insert(r.message.id.clone());
+        async { Ok(()) }
+    });
+    let spec = SubscriptionSpec::new([topic], format!("{topic}.g"))
+        .with_concurrency(16)
+        .with_prefetch(200);
+    let options = ConsumerOptions {
+        retry: RetryPolicy::fixed(5, Duration::from_millis(50)),
+        drain_timeout: Duration::from_secs(10),
+        ..ConsumerOptions::default()
+    };
+    let consumer = Consumer::start(broker.clone(), spec, Arc::new(handler), options)
+        .await
+        .expect("starting the consumer");
+    consumer
+        .ready()
+        .wait(Duration::from_secs(60))
+        .await
+        .expect("the consumer became ready");
+
+    let mut pending: Vec<Message> = (0..total)
+        .map(|n| Message::text(topic, format!("m{n}")))
+        .collect();
+    let ids: HashSet<String> = pending.iter().map(|m| m.id.clone()).collect();
+    let started = Instant::now();
+    let mut outage = Some(outage);
+    let mut outage_task = None;
+    let mut publish_retries = 0;
+    while !pending.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "publishing did not finish"
+        );
+        if pending.len() <= total / 2
+            && let Some(outage) = outage.take()
+        {
+            outage_task = Some(tokio::spawn(outage));
+            // Let the server go away before publishing on.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let batch: Vec<Message> = pending.drain(..pending.len().min(500)).collect();
+        let results = broker.publish_batch(batch.clone()).await;
+        let mut failed = 0;
+        for (message, result) in batch.into_iter().zip(results) {
+            if result.is_err() {
+                failed += 1;
+                pending.push(message);
+            }
+        }
+        publish_retries += failed;
+        if failed > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    outage_task
+        .expect("the outage happened")
+        .await
+        .expect("the outage task");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !ids.iter().all(|id| seen.lock().unwrap().contains(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} delivered after the restart",
+            seen.lock().unwrap().intersection(&ids).count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = consumer.stop().await.expect("stopping the consumer");
+    assert_eq!(seen.lock().unwrap().intersection(&ids).count(), total);
+    OutageReport {
+        publish_retries,
+        handled: report.stats.succeeded,
+    }
+}
