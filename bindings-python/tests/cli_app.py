@@ -13,5 +13,5 @@ _out = open(os.environ["CLI_OUT"], "a", buffering=1)  # noqa: SIM115 - one line 
 
 @message_handler(topic=os.environ["CLI_TOPIC"], concurrency=4)
 async def record(message: dict, context: MessageContext) -> None:
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(float(os.environ.get("CLI_SLEEP", "0.01")))
     _out.write(context.id + "\n")

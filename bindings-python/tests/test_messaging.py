@@ -125,7 +125,7 @@ def test_exceptions_retry_with_their_delays_then_dead_letter(broker_url: str, to
     calls: list[float] = []
     dead: list[tuple[dict, MessageContext]] = []
 
-    @message_handler(topic=topic, max_retries=2, retry_delay=0.3, retry_backoff=1.0, jitter=0)
+    @message_handler(topic=topic, max_retries=2, retry_delay=0.3, retry_backoff=2.0, jitter=0)
     async def flaky(message: dict) -> None:
         calls.append(time.monotonic())
         raise RuntimeError("payment gateway down")
@@ -151,7 +151,9 @@ def test_exceptions_retry_with_their_delays_then_dead_letter(broker_url: str, to
     asyncio.run(main())
     assert len(calls) == 3, "one attempt and two retries"
     gaps = [b - a for a, b in zip(calls, calls[1:])]
-    assert all(gap >= 0.25 for gap in gaps), f"retries came too early: {gaps}"
+    # 0.3 s, then 0.6 s (backoff 2): never early, and not much later than asked.
+    for gap, delay in zip(gaps, [0.3, 0.6]):
+        assert delay - 0.02 <= gap <= delay + 1.5, f"retry gaps {gaps}, expected 0.3 and 0.6"
     message, context = dead[0]
     assert message == {"order_id": 3}
     assert context.headers["polybus-dlq-error"] == "payment gateway down"
