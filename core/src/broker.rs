@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
+use crate::dead_letters::DeadLetterStore;
 use crate::error::{Error, Result};
 use crate::message::{Message, validate_topic};
 use crate::subscription::Subscription;
@@ -76,6 +77,15 @@ pub trait Broker: Publisher + Subscriber {
 
     /// The features this backend offers.
     fn capabilities(&self) -> Capabilities;
+
+    /// Access to the dead letters this backend keeps, for [`crate::DeadLetters`]. The default
+    /// is for backends that keep none: [`Error::Unsupported`].
+    fn dead_letter_store(&self) -> Result<Box<dyn DeadLetterStore>> {
+        Err(Error::Unsupported {
+            backend: self.name(),
+            feature: "dead-letter inspection and redrive (it keeps no messages)".into(),
+        })
+    }
 }
 
 /// A shared handle on any broker.

@@ -24,6 +24,7 @@ pub mod brokers;
 pub mod capabilities;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod delivery;
 pub mod error;
 pub mod message;
@@ -39,6 +40,9 @@ pub use config::{BrokerConfig, BrokerKind};
 pub use consumer::{
     Consumer, ConsumerOptions, ConsumerStats, DeadLetter, Dedup, DedupStore, Handler, HandlerError,
     MemoryDedupStore, Received, RetryPolicy, StopReport, handler_fn,
+};
+pub use dead_letters::{
+    DeadLetterRecord, DeadLetters, LeftInPlace, LeftReason, RedriveOptions, RedriveReport,
 };
 pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@
 //! the delay, holding the partition's commit position until the message is settled; a consumer
 //! that dies meanwhile hands it to the next owner from the last commit.
 
+mod admin;
 mod codec;
 mod consumer;
 mod offsets;
@@ -309,5 +310,9 @@ impl Broker for KafkaBroker {
 
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
+    }
+
+    fn dead_letter_store(&self) -> Result<Box<dyn crate::dead_letters::DeadLetterStore>> {
+        admin::store(self)
     }
 }

@@ -7,6 +7,7 @@
 //! topic are kept for replay. A topic no group reads yet keeps everything up to `capacity`,
 //! then publishers wait for a consumer. Nothing survives the process.
 
+mod admin;
 mod log;
 
 use std::collections::HashMap;
@@ -255,6 +256,10 @@ impl Broker for MemoryBroker {
 
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
+    }
+
+    fn dead_letter_store(&self) -> Result<Box<dyn crate::dead_letters::DeadLetterStore>> {
+        admin::store(self)
     }
 }
 

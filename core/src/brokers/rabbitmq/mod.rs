@@ -12,6 +12,7 @@
 //! the handler succeeded; a lost connection is re-opened with backoff, the topology re-declared
 //! and consumption resumed, and the broker redelivers what was not acknowledged.
 
+mod admin;
 mod codec;
 mod consumer;
 mod link;
@@ -532,5 +533,9 @@ impl Broker for RabbitMqBroker {
 
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
+    }
+
+    fn dead_letter_store(&self) -> Result<Box<dyn crate::dead_letters::DeadLetterStore>> {
+        admin::store(self)
     }
 }

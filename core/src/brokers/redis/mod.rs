@@ -18,6 +18,7 @@
 //! its own connection for blocking reads, reconnected with capped exponential backoff. Redis
 //! Sentinel and Cluster are not supported yet.
 
+mod admin;
 mod conn;
 mod dedup;
 mod envelope;
@@ -299,5 +300,9 @@ impl Broker for RedisBroker {
             RedisMode::PubSub => PUBSUB_CAPABILITIES,
             RedisMode::Streams => STREAMS_CAPABILITIES,
         }
+    }
+
+    fn dead_letter_store(&self) -> Result<Box<dyn crate::dead_letters::DeadLetterStore>> {
+        admin::store(self)
     }
 }
