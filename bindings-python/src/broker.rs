@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use polybus::config::{BrokerKind, resolve_config};
-use polybus::{Message, PublishReceipt, SharedBroker};
+use polybus::{DeadLetters, Message, PublishReceipt, RedriveOptions, SharedBroker};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::consumer::{ConsumerSettings, NativeConsumer};
+use crate::dead_letters::{Records, report};
 use crate::errors::to_py;
 
 /// A message to publish, as Python hands it over: topic, payload, content type, key, headers, id.
@@ -229,6 +230,54 @@ impl Broker {
             py,
             async move { NativeConsumer::start(broker, settings).await },
         )
+    }
+
+    /// How many dead letters wait in `dlq_topic` (not redriven yet).
+    fn dead_letter_count<'py>(
+        &self,
+        py: Python<'py>,
+        dlq_topic: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let dead = DeadLetters::new(self.inner.clone());
+        crate::runtime::future_into_py(
+            py,
+            async move { dead.count(&dlq_topic).await.map_err(to_py) },
+        )
+    }
+
+    /// The oldest `limit` dead letters of `dlq_topic`, left in place; a dict each.
+    fn dead_letter_list<'py>(
+        &self,
+        py: Python<'py>,
+        dlq_topic: String,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let dead = DeadLetters::new(self.inner.clone());
+        crate::runtime::future_into_py(py, async move {
+            dead.list(&dlq_topic, limit)
+                .await
+                .map(Records)
+                .map_err(to_py)
+        })
+    }
+
+    /// Republishes dead letters of `dlq_topic` to their topics (or `to`): `(moved, left)`.
+    #[pyo3(signature = (dlq_topic, limit=None, to=None))]
+    fn dead_letter_redrive<'py>(
+        &self,
+        py: Python<'py>,
+        dlq_topic: String,
+        limit: Option<usize>,
+        to: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let dead = DeadLetters::new(self.inner.clone());
+        let options = RedriveOptions { limit, to };
+        crate::runtime::future_into_py(py, async move {
+            dead.redrive(&dlq_topic, options)
+                .await
+                .map(report)
+                .map_err(to_py)
+        })
     }
 
     fn __repr__(&self) -> String {

@@ -4,6 +4,7 @@
 
 mod broker;
 mod consumer;
+mod dead_letters;
 mod errors;
 mod runtime;
 

@@ -185,6 +185,17 @@ pub enum LeftReason {
     PublishFailed(String),
 }
 
+impl std::fmt::Display for LeftReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeftReason::NoTopic => {
+                f.write_str("it names no original topic and no target was given")
+            }
+            LeftReason::PublishFailed(err) => write!(f, "republishing it failed: {err}"),
+        }
+    }
+}
+
 /// A dead letter as a backend stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredLetter {

@@ -43,14 +43,25 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (make test installs it)");
         *self.child.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis on {} did not start", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis on {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -86,7 +97,9 @@ impl Drop for RedisServer {
 
 async fn restart_mid_stream(mode: &str, port: u16) {
     let server = RedisServer::start(port);
-    let url = server.url(&format!("{mode}&visibility_timeout_ms=5000&claim_idle_ms=5000"));
+    let url = server.url(&format!(
+        "{mode}&visibility_timeout_ms=5000&claim_idle_ms=5000"
+    ));
     let broker = polybus::connect_url(&url).await.unwrap();
     let topic = format!(
         "polybus-redis.outage.{}",

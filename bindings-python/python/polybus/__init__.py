@@ -14,6 +14,7 @@ async def handle(message: dict) -> None: ...
 from __future__ import annotations
 
 from ._config import configure_messaging, get_broker, get_producer
+from ._dead_letters import DeadLetter, DeadLetters, RedriveResult
 from ._handlers import (
     HandlerSpec,
     clear_handlers,
@@ -45,6 +46,8 @@ __all__ = [
     "BrokerError",
     "ClosedError",
     "ConfigurationError",
+    "DeadLetter",
+    "DeadLetters",
     "HandlerRunner",
     "HandlerSpec",
     "InvalidMessageError",
@@ -53,6 +56,7 @@ __all__ = [
     "PolybusTimeoutError",
     "Producer",
     "Receipt",
+    "RedriveResult",
     "UnsupportedError",
     "__version__",
     "clear_handlers",
