@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ext_php_rs::boxed::ZBox;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
 use polybus::{BrokerKind, Message, SharedBroker};
@@ -202,6 +203,35 @@ impl Broker {
         options: Option<&ZendHashTable>,
     ) -> PhpResult<i64> {
         crate::consume::consume(self, destination, handler, limit, timeout, options)
+    }
+
+    /// How many dead letters wait in `$destination` (a dead-letter destination such as
+    /// `orders.dlq`), not redriven yet.
+    pub fn dead_letter_count(&self, destination: String) -> PhpResult<i64> {
+        crate::dead_letters::count(self, &destination)
+    }
+
+    /// The oldest `$limit` dead letters of `$destination`, left where they are.
+    #[php(defaults(limit = 10))]
+    pub fn dead_letters(
+        &self,
+        destination: String,
+        limit: i64,
+    ) -> PhpResult<Vec<crate::dead_letters::DeadLetter>> {
+        crate::dead_letters::list(self, &destination, limit)
+    }
+
+    /// Republishes dead letters of `$destination` to the destination each failed on (or
+    /// `$to`), same id, fresh attempt count; each is removed only once the broker acknowledged
+    /// the republish. Returns `['moved' => int, 'left' => [id => reason]]`.
+    #[php(optional = "limit")]
+    pub fn redrive_dead_letters(
+        &self,
+        destination: String,
+        limit: Option<i64>,
+        to: Option<String>,
+    ) -> PhpResult<ZBox<ZendHashTable>> {
+        crate::dead_letters::redrive(self, &destination, limit, to)
     }
 
     /// Flushes, then releases the connection; later calls throw. For `memory://` brokers only

@@ -11,6 +11,7 @@ mod broker;
 mod config;
 mod consume;
 mod convert;
+mod dead_letters;
 mod errors;
 mod interface;
 mod message;
@@ -66,6 +67,7 @@ pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
         .version(engine_version())
         .interface::<interface::PhpInterfaceMessageBrokerInterface>()
         .class::<message::Message>()
+        .class::<dead_letters::DeadLetter>()
         .class::<broker::Broker>()
         .startup_function(module_startup)
         .shutdown_function(module_shutdown)

@@ -25,12 +25,7 @@ pub struct Message {
 impl Message {
     /// Wraps a job handed out by the consumer runtime.
     pub fn from_job(job: Job) -> Self {
-        let is_json = job
-            .message
-            .content_type
-            .split(';')
-            .next()
-            .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON));
+        let is_json = is_json(&job.message.content_type);
         Message {
             attempt: job.attempt,
             is_json,
@@ -40,6 +35,27 @@ impl Message {
             inner: job.message,
         }
     }
+}
+
+impl Message {
+    /// Wraps a message read outside a consume (a stored dead letter): attempt 1, no position.
+    pub fn stored(inner: polybus::Message) -> Self {
+        Message {
+            attempt: 1,
+            is_json: is_json(&inner.content_type),
+            partition: None,
+            offset: None,
+            redelivered: false,
+            inner,
+        }
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON))
 }
 
 #[php_impl]
