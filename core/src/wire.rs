@@ -42,6 +42,13 @@ pub const DLQ_FIRST_FAILURE: &str = "polybus-dlq-first-failure-ms";
 pub const DLQ_LAST_FAILURE: &str = "polybus-dlq-last-failure-ms";
 /// Header set on a message when it first fails, so retries carry the first failure time.
 pub const HEADER_FIRST_FAILURE: &str = "polybus-first-failure-ms";
+/// Header on a copy waiting in a retry topic (Kafka): when it becomes due, milliseconds since
+/// the Unix epoch.
+pub const HEADER_RETRY_DUE: &str = "polybus-retry-due-ms";
+/// Header on a copy waiting in a retry topic (Kafka): partition of the original record.
+pub const HEADER_ORIGIN_PARTITION: &str = "polybus-origin-partition";
+/// Header on a copy waiting in a retry topic (Kafka): offset of the original record.
+pub const HEADER_ORIGIN_OFFSET: &str = "polybus-origin-offset";
 
 /// Header names reserved for the transport: a user header may not use them.
 pub const RESERVED_HEADERS: [&str; 6] = [

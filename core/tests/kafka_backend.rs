@@ -228,8 +228,9 @@ async fn a_failed_message_is_delivered_again_after_a_restart() {
     let topic = unique("restart");
     let spec = SubscriptionSpec::new([topic.as_str()], format!("{topic}.g"));
     let failing = handler_fn(|_| async { Err(HandlerError::retryable("downstream unavailable")) });
+    // The retry waits in the group's retry topic: the restarted consumer gets it once due.
     let slow_retries = ConsumerOptions {
-        retry: RetryPolicy::fixed(10, Duration::from_secs(600)),
+        retry: RetryPolicy::fixed(10, Duration::from_secs(3)),
         drain_timeout: Duration::from_secs(5),
         ..ConsumerOptions::default()
     };

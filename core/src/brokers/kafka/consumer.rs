@@ -1,9 +1,15 @@
 //! A Kafka subscription: one thread polls a consumer-group member, hands messages to the
 //! consumer runtime, redelivers nacked ones, commits processed offsets, and handles rebalances.
+//!
+//! The member reads the subscribed topics plus its group's retry topic (see [`super::retry`]).
+//! A delivery nacked with a delay is copied there by its acknowledger, and its offset settled
+//! once the copy is acknowledged. Copies read back wait in memory until due, uncommitted (a
+//! crash reads them again); past [`MIN_HELD_RETRIES`] (or the prefetch, if larger) waiting
+//! copies, the retry topic's partitions are paused until half of them went out.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,25 +17,36 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use rdkafka::message::Headers as _;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::codec::from_record;
 use super::offsets::{OffsetTracker, TopicPartition};
+use super::retry::{self, Origin};
 use super::settings::KafkaSettings;
 use crate::broker::{StartPosition, SubscriptionSpec};
 use crate::delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 use crate::error::{Error, Result};
-use crate::message::Message;
+use crate::message::{Message, now_ms};
 use crate::subscription::{DeliverySink, Readiness, SinkBusy};
+use crate::wire::HEADER_RETRY_DUE;
+
+/// Copies read back from the retry topic that may wait in memory for their due time before the
+/// retry topic is paused (the prefetch, when it is larger).
+pub(super) const MIN_HELD_RETRIES: usize = 1000;
 
 /// A fetched message waiting to be handed to the consumer.
 struct Fetched {
+    /// Where it was read from: a subscribed topic or the retry topic.
     tp: TopicPartition,
     offset: i64,
     generation: u64,
     attempt: u32,
     message: Message,
+    /// For a message read from the retry topic, its original record.
+    origin: Option<Origin>,
 }
 
 /// A nacked or released message on its way back to the poll thread.
@@ -42,6 +59,15 @@ struct Returned {
 struct Shared {
     tracker: OffsetTracker,
     group: String,
+    /// The group's retry topic, read along with the subscribed topics.
+    retry_topic: String,
+    /// Writes copies of messages nacked with a delay to the retry topic.
+    producer: FutureProducer,
+    /// Bumped at each rebalance, so the poll thread re-applies its pauses and forgets held
+    /// messages of partitions it lost.
+    assignments: AtomicU64,
+    /// Set when a settlement should be committed without waiting for the commit interval.
+    commit_soon: AtomicBool,
     start: StartPosition,
     /// Partitions already moved to the requested start (a seek applies once per partition).
     sought: Mutex<HashSet<TopicPartition>>,
@@ -72,6 +98,7 @@ impl ConsumerContext for GroupContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.apply_start(consumer, tpl);
+                self.start_retry_partitions(consumer, tpl);
                 self.shared.tracker.assign(partitions_of(tpl));
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -101,6 +128,7 @@ impl ConsumerContext for GroupContext {
                 consumer.unassign()
             }
         };
+        self.shared.assignments.fetch_add(1, Ordering::AcqRel);
         if let Err(err) = result {
             tracing::error!(error = %err, group = %self.shared.group, "applying a kafka rebalance failed");
         }
@@ -134,9 +162,10 @@ impl GroupContext {
     /// Moves newly assigned partitions to the requested offset or timestamp (once each).
     fn apply_start(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let mut sought = self.shared.sought.lock().unwrap_or_else(|e| e.into_inner());
+        // A replay moves the subscribed topics; the retry topic resumes where the group was.
         let fresh: Vec<TopicPartition> = partitions_of(tpl)
             .into_iter()
-            .filter(|tp| !sought.contains(tp))
+            .filter(|tp| !sought.contains(tp) && tp.0 != self.shared.retry_topic)
             .collect();
         if fresh.is_empty() {
             return;
@@ -176,6 +205,39 @@ impl GroupContext {
         }
         sought.extend(fresh);
     }
+
+    /// A group reading from `Latest` still reads its retry topic from the start where it has
+    /// committed nothing there yet: copies written before a crash must not be skipped.
+    fn start_retry_partitions(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        if self.shared.start != StartPosition::Latest {
+            return; // the others start new groups at the earliest offset already
+        }
+        let mut query = TopicPartitionList::new();
+        for (topic, partition) in partitions_of(tpl) {
+            if topic == self.shared.retry_topic {
+                query.add_partition(&topic, partition);
+            }
+        }
+        if query.count() == 0 {
+            return;
+        }
+        match consumer.committed_offsets(query, Duration::from_secs(10)) {
+            Ok(found) => {
+                for element in found.elements() {
+                    if !matches!(element.offset(), Offset::Offset(_)) {
+                        let _ = tpl.set_partition_offset(
+                            element.topic(),
+                            element.partition(),
+                            Offset::Beginning,
+                        );
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, topic = %self.shared.retry_topic, "looking up the retry topic's committed offsets failed")
+            }
+        }
+    }
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -202,8 +264,15 @@ fn commit<C: ConsumerContext>(
     }
 }
 
-/// Runs the subscription until it is closed. Called on a blocking thread.
-pub(super) fn run(settings: KafkaSettings, spec: SubscriptionSpec, sink: DeliverySink) {
+/// Runs the subscription until it is closed. Called on a blocking thread. Messages nacked with
+/// a delay are written to `retry_topic` (which must exist) with `producer`.
+pub(super) fn run(
+    settings: KafkaSettings,
+    spec: SubscriptionSpec,
+    sink: DeliverySink,
+    producer: FutureProducer,
+    retry_topic: String,
+) {
     let reset = if spec.start == StartPosition::Latest {
         "latest"
     } else {
@@ -212,6 +281,10 @@ pub(super) fn run(settings: KafkaSettings, spec: SubscriptionSpec, sink: Deliver
     let shared = Arc::new(Shared {
         tracker: OffsetTracker::default(),
         group: spec.group.clone(),
+        retry_topic,
+        producer,
+        assignments: AtomicU64::new(0),
+        commit_soon: AtomicBool::new(false),
         start: spec.start,
         sought: Mutex::new(HashSet::new()),
         closing: AtomicBool::new(false),
@@ -231,11 +304,13 @@ pub(super) fn run(settings: KafkaSettings, spec: SubscriptionSpec, sink: Deliver
             return;
         }
     };
-    let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    let mut topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    topics.push(&shared.retry_topic);
     if let Err(err) = consumer.subscribe(&topics) {
         sink.fail_now(kafka_error(err));
         return;
     }
+    let patterns = spec.topics.iter().any(|t| t.starts_with('^'));
     let (returns_tx, returns) = mpsc::channel::<Returned>();
     let mut poller = Poller {
         consumer,
@@ -245,8 +320,15 @@ pub(super) fn run(settings: KafkaSettings, spec: SubscriptionSpec, sink: Deliver
         returns,
         backlog: VecDeque::new(),
         retries: BinaryHeap::new(),
+        waiting: HashMap::new(),
         retry_seq: 0,
-        paused: false,
+        held_retries: 0,
+        max_held_retries: spec.prefetch.max(MIN_HELD_RETRIES),
+        retries_full: false,
+        paused_topics: false,
+        paused_retries: false,
+        seen_assignments: 0,
+        listed_topics: patterns.then(|| spec.topics.iter().cloned().collect()),
         max_backlog: spec.prefetch.max(1),
         commit_interval: settings.commit_interval,
     };
@@ -260,28 +342,37 @@ struct Poller {
     returns_tx: mpsc::Sender<Returned>,
     returns: mpsc::Receiver<Returned>,
     backlog: VecDeque<Fetched>,
+    /// Due times of the messages waiting in `waiting`, by sequence number.
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Messages waiting for their due time, by sequence number, each with whether it was read
+    /// from the retry topic (and so counts in `held_retries`).
+    waiting: HashMap<u64, (Fetched, bool)>,
     retry_seq: u64,
-    paused: bool,
+    /// Copies read from the retry topic waiting in `waiting`.
+    held_retries: usize,
+    max_held_retries: usize,
+    /// Too many copies are held: the retry topic stays paused until half went out.
+    retries_full: bool,
+    paused_topics: bool,
+    paused_retries: bool,
+    /// The rebalance count the pauses were last applied to.
+    seen_assignments: u64,
+    /// The topics listed in the spec, when some are patterns (to tell other groups' retry
+    /// topics a pattern matches from subscribed topics).
+    listed_topics: Option<HashSet<String>>,
     max_backlog: usize,
     commit_interval: Duration,
 }
 
-/// Retries waiting for their due time, by sequence number.
-type RetrySlots = std::collections::HashMap<u64, Fetched>;
-
 impl Poller {
     fn run(&mut self) {
-        let mut waiting = RetrySlots::new();
         let mut last_commit = Instant::now();
         loop {
             if self.sink.is_cancelled() {
                 break;
             }
             while let Ok(returned) = self.returns.try_recv() {
-                self.retry_seq += 1;
-                self.retries.push(Reverse((returned.due, self.retry_seq)));
-                waiting.insert(self.retry_seq, returned.fetched);
+                self.hold(returned.fetched, returned.due, false);
             }
             let now = Instant::now();
             while let Some(Reverse((due, seq))) = self.retries.peek().copied() {
@@ -289,7 +380,10 @@ impl Poller {
                     break;
                 }
                 self.retries.pop();
-                if let Some(fetched) = waiting.remove(&seq) {
+                if let Some((fetched, counted)) = self.waiting.remove(&seq) {
+                    if counted {
+                        self.held_retries -= 1;
+                    }
                     self.backlog.push_back(fetched);
                 }
             }
@@ -297,7 +391,8 @@ impl Poller {
                 break;
             }
             self.flow_control();
-            if last_commit.elapsed() >= self.commit_interval {
+            let soon = self.shared.commit_soon.swap(false, Ordering::AcqRel);
+            if soon || last_commit.elapsed() >= self.commit_interval {
                 commit(
                     &self.consumer,
                     &self.shared.tracker.to_commit(),
@@ -317,29 +412,22 @@ impl Poller {
             if let Some(next_retry) = next_retry {
                 wait = wait.min(next_retry);
             }
-            match self.consumer.poll(wait) {
-                None => {}
-                Some(Ok(record)) => {
-                    let tp = (record.topic().to_owned(), record.partition());
-                    let offset = record.offset();
-                    if let Some(generation) = self.shared.tracker.fetched(&tp, offset) {
-                        let (message, attempt) = from_record(&record);
-                        self.backlog.push_back(Fetched {
-                            tp,
-                            offset,
-                            generation,
-                            attempt,
-                            message,
-                        });
-                    }
-                }
+            let taken = match self.consumer.poll(wait) {
+                None => None,
+                Some(Ok(record)) => self.take_in(&record),
                 Some(Err(err)) => {
                     if is_fatal(&err) {
                         self.sink.fail_now(kafka_error(err));
                         break;
                     }
                     tracing::warn!(error = %err, group = %self.shared.group, "kafka consumer error");
+                    None
                 }
+            };
+            match taken {
+                Some((fetched, Some(due))) => self.hold(fetched, due, true),
+                Some((fetched, None)) => self.backlog.push_back(fetched),
+                None => {}
             }
         }
         self.shared.closing.store(true, Ordering::Release);
@@ -349,6 +437,81 @@ impl Poller {
             CommitMode::Sync,
         );
         // Dropping the consumer leaves the group; its revoke callback commits again without waiting.
+    }
+
+    /// Takes in a polled record, with the time to hold it until when it is a copy from the
+    /// retry topic that is not due yet. `None` when it is not for this consumer: its partition
+    /// was revoked, or it is another group's retry copy that a pattern matched.
+    fn take_in<M: rdkafka::Message>(&self, record: &M) -> Option<(Fetched, Option<Instant>)> {
+        let tp = (record.topic().to_owned(), record.partition());
+        let offset = record.offset();
+        let generation = self.shared.tracker.fetched(&tp, offset)?;
+        let from_retry_topic = tp.0 == self.shared.retry_topic;
+        if !from_retry_topic && self.is_foreign_retry(record) {
+            self.shared.tracker.skipped(&tp, generation, offset);
+            return None;
+        }
+        let (mut message, attempt) = from_record(record);
+        let mut due = None;
+        let mut origin = None;
+        if from_retry_topic {
+            let retried = retry::restore(&mut message);
+            // A copy that does not name its original stands for itself.
+            origin = Some(retried.origin.unwrap_or(Origin {
+                partition: tp.1,
+                offset,
+            }));
+            let wait = retried.due_ms.saturating_sub(now_ms());
+            if wait > 0 {
+                due = Some(Instant::now() + Duration::from_millis(wait as u64));
+            }
+        }
+        let fetched = Fetched {
+            tp,
+            offset,
+            generation,
+            attempt,
+            message,
+            origin,
+        };
+        Some((fetched, due))
+    }
+
+    /// True for a copy in another group's retry topic, read because a pattern matched it.
+    fn is_foreign_retry<M: rdkafka::Message>(&self, record: &M) -> bool {
+        let Some(listed) = &self.listed_topics else {
+            return false;
+        };
+        !listed.contains(record.topic())
+            && record
+                .headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == HEADER_RETRY_DUE))
+    }
+
+    /// Keeps `fetched` until `due`.
+    fn hold(&mut self, fetched: Fetched, due: Instant, from_retry_topic: bool) {
+        self.retry_seq += 1;
+        self.retries.push(Reverse((due, self.retry_seq)));
+        self.waiting
+            .insert(self.retry_seq, (fetched, from_retry_topic));
+        if from_retry_topic {
+            self.held_retries += 1;
+        }
+    }
+
+    /// Forgets held messages of partitions this consumer no longer owns (their new owner reads
+    /// them again from the last commit).
+    fn drop_stale(&mut self) {
+        let tracker = &self.shared.tracker;
+        let mut dropped = 0;
+        self.waiting.retain(|_, (fetched, counted)| {
+            let current = tracker.is_current(&fetched.tp, fetched.generation);
+            if !current && *counted {
+                dropped += 1;
+            }
+            current
+        });
+        self.held_retries -= dropped;
     }
 
     /// Hands backlog messages to the consumer while it has room. False once it is gone.
@@ -379,13 +542,23 @@ impl Poller {
         true
     }
 
+    /// The delivery of `fetched`. A message from the retry topic reports its original
+    /// partition and offset, and has no ordering lane (retries are out of order anyway).
     fn delivery(&self, fetched: Fetched) -> Delivery {
+        let (partition, offset, sequence) = match fetched.origin {
+            Some(origin) => (origin.partition, origin.offset, None),
+            None => (
+                fetched.tp.1,
+                fetched.offset,
+                Some(format!("{}/{}", fetched.tp.0, fetched.tp.1)),
+            ),
+        };
         let meta = DeliveryMeta {
-            partition: Some(fetched.tp.1),
-            offset: Some(fetched.offset),
+            partition: Some(partition),
+            offset: Some(offset),
             redelivered: fetched.attempt > 1,
             group: Some(self.shared.group.clone()),
-            sequence: Some(format!("{}/{}", fetched.tp.0, fetched.tp.1)),
+            sequence,
             ..Default::default()
         };
         let attempt = fetched.attempt;
@@ -396,27 +569,76 @@ impl Poller {
             offset: fetched.offset,
             generation: fetched.generation,
             attempt,
+            origin: fetched.origin,
         };
         Delivery::new(fetched.message, attempt, meta, Box::new(acker))
     }
 
-    /// Pauses fetching while the backlog is full, resumes when it drains.
+    /// Pauses fetching while the backlog is full, resumes when it drains; pauses the retry
+    /// topic also while too many of its copies wait for their due time. Pauses are applied
+    /// again after each assignment (newly assigned partitions are not paused).
     fn flow_control(&mut self) {
-        let full = self.backlog.len() >= self.max_backlog;
-        if full == self.paused {
+        let assignments = self.shared.assignments.load(Ordering::Acquire);
+        let reassigned = assignments != self.seen_assignments;
+        if reassigned {
+            self.drop_stale();
+        }
+        self.retries_full = if self.retries_full {
+            self.held_retries > self.max_held_retries / 2
+        } else {
+            self.held_retries >= self.max_held_retries
+        };
+        let topics = self.backlog.len() >= self.max_backlog;
+        let retries = topics || self.retries_full;
+        if !reassigned && topics == self.paused_topics && retries == self.paused_retries {
             return;
         }
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
-        let result = if full {
-            self.consumer.pause(&assignment)
+        let (mut subscribed, mut retry) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for element in assignment.elements() {
+            let list = if element.topic() == self.shared.retry_topic {
+                &mut retry
+            } else {
+                &mut subscribed
+            };
+            list.add_partition(element.topic(), element.partition());
+        }
+        let mut applied = true;
+        if reassigned || topics != self.paused_topics {
+            match self.set_paused(&subscribed, topics) {
+                true => self.paused_topics = topics,
+                false => applied = false,
+            }
+        }
+        if reassigned || retries != self.paused_retries {
+            match self.set_paused(&retry, retries) {
+                true => self.paused_retries = retries,
+                false => applied = false,
+            }
+        }
+        if applied {
+            self.seen_assignments = assignments;
+        }
+    }
+
+    /// Pauses or resumes `partitions`; false when that failed.
+    fn set_paused(&self, partitions: &TopicPartitionList, paused: bool) -> bool {
+        if partitions.count() == 0 {
+            return true;
+        }
+        let result = if paused {
+            self.consumer.pause(partitions)
         } else {
-            self.consumer.resume(&assignment)
+            self.consumer.resume(partitions)
         };
         match result {
-            Ok(()) => self.paused = full,
-            Err(err) => tracing::warn!(error = %err, "pausing or resuming kafka partitions failed"),
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "pausing or resuming kafka partitions failed");
+                false
+            }
         }
     }
 }
@@ -438,18 +660,51 @@ pub(super) fn kafka_error(err: KafkaError) -> Error {
     }
 }
 
-/// Settles one Kafka delivery: acks and rejects move the commit position; nacks and releases
-/// go back to the poll thread to be delivered again.
+/// Settles one Kafka delivery: acks and rejects move the commit position; nacks with a delay
+/// are copied to the retry topic and then move it too; other nacks, releases, and nacks whose
+/// copy could not be written go back to the poll thread to be delivered again.
 struct KafkaAcker {
     shared: Arc<Shared>,
     returns: mpsc::Sender<Returned>,
+    /// Where the delivered record was read from (a subscribed topic or the retry topic).
     tp: TopicPartition,
     offset: i64,
     generation: u64,
     attempt: u32,
+    /// The original record, for a message read from the retry topic.
+    origin: Option<Origin>,
 }
 
 impl KafkaAcker {
+    /// Writes the next attempt of `message` to the retry topic, due after `delay`, and waits
+    /// for the broker's acknowledgement.
+    async fn to_retry_topic(&self, message: &Message, delay: Duration) -> Result<()> {
+        // Rounded up, so the copy is never due before `delay` has passed (`now_ms` truncates).
+        let delay_ms = i64::try_from(delay.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
+        let due_ms = now_ms().saturating_add(delay_ms).saturating_add(1);
+        let origin = self.origin.unwrap_or(Origin {
+            partition: self.tp.1,
+            offset: self.offset,
+        });
+        let topic = &self.shared.retry_topic;
+        let attempt = self.attempt.saturating_add(1);
+        let future = loop {
+            let record = retry::retry_record(message, attempt, topic, due_ms, origin);
+            match self.shared.producer.send_result(record) {
+                Ok(future) => break future,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((err, _)) => return Err(kafka_error(err)),
+            }
+        };
+        match future.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((err, _))) => Err(kafka_error(err)),
+            Err(_) => Err(Error::Closed("kafka producer")),
+        }
+    }
+
     fn apply(self, outcome: Settlement, message: Message) {
         let (delay, attempt) = match outcome {
             Settlement::Ack | Settlement::Reject => {
@@ -470,6 +725,7 @@ impl KafkaAcker {
             generation: self.generation,
             attempt,
             message,
+            origin: self.origin,
         };
         // If the poll thread is gone the message stays uncommitted and comes back later.
         let _ = self.returns.send(Returned {
@@ -482,6 +738,26 @@ impl KafkaAcker {
 #[async_trait]
 impl Acknowledger for KafkaAcker {
     async fn settle(self: Box<Self>, outcome: Settlement, message: Message) -> Result<()> {
+        if let Settlement::Requeue { delay: Some(delay) } = outcome
+            && !delay.is_zero()
+        {
+            if !self.shared.tracker.is_current(&self.tp, self.generation) {
+                return Ok(()); // the partition moved on; its new owner reads the message again
+            }
+            match self.to_retry_topic(&message, delay).await {
+                Ok(()) => {
+                    self.shared
+                        .tracker
+                        .settled(&self.tp, self.generation, self.offset);
+                    self.shared.commit_soon.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Err(err) => tracing::warn!(
+                    error = %err, id = %message.id, topic = %self.shared.retry_topic,
+                    "writing a retry to the retry topic failed; it is redelivered from memory, and its offset stays uncommitted until then"
+                ),
+            }
+        }
         self.apply(outcome, message);
         Ok(())
     }

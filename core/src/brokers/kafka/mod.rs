@@ -4,14 +4,57 @@
 //! its own retries) and a publish resolves when the broker acknowledged it. A consumer commits
 //! an offset only after every message before it in the partition was settled, so a crash or
 //! rebalance redelivers what was not processed, never skips it. Order is kept per key (and per
-//! partition for messages without a key). A nack redelivers from the consumer's memory after
-//! the delay, holding the partition's commit position until the message is settled; a consumer
-//! that dies meanwhile hands it to the next owner from the last commit.
+//! partition for messages without a key) on first delivery; retries are out of order.
+//!
+//! # Delayed redelivery: retry topics
+//!
+//! Each consumer group has a retry topic, `<group>.retry` (when the group name is not a valid
+//! topic name, see [`retry`]: characters outside `[A-Za-z0-9._-]` become `_`, and a hash of the
+//! group name is added), created like the other topics (`polybus.topic.partitions`,
+//! `polybus.topic.replication`) and read by every subscription of the group along with its
+//! topics.
+//!
+//! - A nack with a delay (`Requeue { delay }`, delay > 0) writes a copy of the message to the
+//!   retry topic: same id, key, payload and headers, the next attempt in `polybus-attempt`,
+//!   the due time in `polybus-retry-due-ms`, the original topic in `polybus-topic`, and the
+//!   original record in `polybus-origin-partition` / `polybus-origin-offset`. Only once the
+//!   broker acknowledged the copy is the original offset settled, so the partition's commit
+//!   moves past it at once: a waiting retry holds back nothing.
+//! - A copy read back is the message as published again (topic, timestamp, headers; the
+//!   internal headers removed) on its attempt; its delivery's `partition` and `offset` are the
+//!   original record's, and it has no ordering lane (`sequence` is unset). It is delivered no
+//!   earlier than its due time. Until then it waits in memory with its retry-topic offset
+//!   uncommitted; past `max(prefetch, 1000)` waiting copies the retry topic is paused until
+//!   half of them went out (copies behind them then wait a little past their due time).
+//!   Acknowledging it commits its retry-topic offset; nacking it again with a delay writes a
+//!   new copy with the next attempt and the same origin.
+//! - A consumer that crashes while a retry waits loses nothing: the copy is in the retry
+//!   topic, uncommitted, and the next owner of its partition reads it again and waits for the
+//!   same due time. The attempt count travels with the copy, so it survives the crash too.
+//!   A crash between the copy's acknowledgement and the next commit (at most
+//!   `polybus.commit.interval.ms`, usually far less) delivers the original once more on
+//!   attempt 1 as well (at-least-once).
+//! - When writing the copy fails (after the producer's own retries, bounded by
+//!   `message.timeout.ms`), a warning is logged and the message is redelivered from the
+//!   consumer's memory after the delay instead, its offset uncommitted until it is settled,
+//!   holding back the partition's commit: a crash meanwhile redelivers it from the last
+//!   commit, on attempt 1.
+//! - A nack without a delay, and a release (shutdown, dropped delivery), redeliver from memory
+//!   at once, as above.
+//! - A group that starts from `Latest` still reads its retry topic from the beginning where it
+//!   has committed nothing there yet; replays (`Offset`, `Timestamp`) move only the subscribed
+//!   topics, and the retry topic resumes where the group was.
+//! - With `polybus.topic.create=false` the retry topic must be created beforehand; while it is
+//!   missing, every delayed nack takes the in-memory fallback.
+//! - With patterns (topics starting with `^`), the pattern may match other groups' retry
+//!   topics: copies read that way (carrying `polybus-retry-due-ms`, on a topic not listed by
+//!   name) are skipped, not delivered. Pattern topics are not created.
 
 mod admin;
 mod codec;
 mod consumer;
 mod offsets;
+mod retry;
 mod settings;
 
 use std::collections::HashSet;
@@ -292,10 +335,22 @@ impl Publisher for KafkaBroker {
 impl Subscriber for KafkaBroker {
     async fn subscribe(&self, spec: SubscriptionSpec) -> Result<Subscription> {
         spec.validate()?;
-        self.ensure_topics(&spec.topics).await?;
+        let retry_topic = retry::retry_topic(&spec.group);
+        // Patterns (`^...`) name no topic to create.
+        let mut topics: Vec<String> = spec
+            .topics
+            .iter()
+            .filter(|t| !t.starts_with('^'))
+            .cloned()
+            .collect();
+        topics.push(retry_topic.clone());
+        self.ensure_topics(&topics).await?;
         let settings = self.inner.settings.clone();
+        let producer = self.inner.producer.clone();
         Ok(Subscription::spawn(spec.prefetch, move |sink| async move {
-            let run = tokio::task::spawn_blocking(move || consumer::run(settings, spec, sink));
+            let run = tokio::task::spawn_blocking(move || {
+                consumer::run(settings, spec, sink, producer, retry_topic)
+            });
             if let Err(err) = run.await {
                 tracing::error!(error = %err, "the kafka poll thread failed");
             }

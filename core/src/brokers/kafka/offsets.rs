@@ -111,6 +111,16 @@ impl OffsetTracker {
         }
     }
 
+    /// A fetched message that is not for this consumer (never handed out): the commit
+    /// position may move past it.
+    pub fn skipped(&self, tp: &TopicPartition, generation: u64, offset: i64) {
+        if let Some(state) = self.lock().get_mut(tp)
+            && state.generation == generation
+        {
+            state.pending.remove(&offset);
+        }
+    }
+
     /// Messages of `partitions` the consumer has and has not settled.
     pub fn with_consumer(&self, partitions: &[TopicPartition]) -> usize {
         let map = self.lock();
