@@ -112,21 +112,22 @@ pub fn redrive(
     limit: Option<i64>,
     to: Option<String>,
 ) -> PhpResult<ZBox<ZendHashTable>> {
-    let limit = match limit {
-        None => None,
-        Some(n) => Some(
-            usize::try_from(n)
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| config_error("invalid configuration (limit): must be at least 1"))?,
-        ),
-    };
+    let limit =
+        match limit {
+            None => None,
+            Some(n) => Some(usize::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                config_error("invalid configuration (limit): must be at least 1")
+            })?),
+        };
     let dead = dead_letters(broker)?;
     // A redrive moves letters one acknowledged publish at a time: bound it generously.
     let bound = broker.timeout().max(std::time::Duration::from_secs(300));
-    let report = block_on(bound, dead.redrive(destination, RedriveOptions { limit, to }))
-        .map_err(|err| block_error(err, "redriving dead letters"))?
-        .map_err(|err| engine_error(&err, Context::Publish))?;
+    let report = block_on(
+        bound,
+        dead.redrive(destination, RedriveOptions { limit, to }),
+    )
+    .map_err(|err| block_error(err, "redriving dead letters"))?
+    .map_err(|err| engine_error(&err, Context::Publish))?;
     let mut left = ZendHashTable::new();
     for letter in report.left {
         left.insert(letter.id.as_str(), letter.reason.to_string())?;

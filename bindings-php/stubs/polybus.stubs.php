@@ -102,6 +102,33 @@ namespace Polybus {
          */
         public function close(float $timeout = 10.0): void {}
 
+        /**
+         * How many dead letters wait in `$destination` (a dead-letter destination such as
+         * `orders.dlq`), not redriven yet.
+         *
+         * @throws Exception\ConfigurationException when the broker keeps no dead letters (Redis pub/sub, null)
+         * @throws Exception\PolybusException
+         */
+        public function deadLetterCount(string $destination): int {}
+
+        /**
+         * The oldest `$limit` dead letters of `$destination`, left where they are.
+         *
+         * @return list<DeadLetter>
+         * @throws Exception\PolybusException
+         */
+        public function deadLetters(string $destination, int $limit = 10): array {}
+
+        /**
+         * Republishes dead letters of `$destination` to the destination each failed on (or `$to`),
+         * same id, fresh attempt count; each is removed only once the broker acknowledged the
+         * republish.
+         *
+         * @return array{moved: int, left: array<string, string>} `left`: id => why it stayed
+         * @throws Exception\PolybusException
+         */
+        public function redriveDeadLetters(string $destination, ?int $limit = null, ?string $to = null): array {}
+
         /** The backend: `memory`, `null`, `kafka`, `rabbitmq` or `redis`. */
         public function driver(): string {}
 
@@ -169,6 +196,53 @@ namespace Polybus {
 
         /** The offset it was read from, where the broker has a log (Kafka, memory). */
         public function offset(): ?int {}
+    }
+
+    /**
+     * A message waiting in a dead-letter destination, with why it failed: read-only.
+     */
+    class DeadLetter
+    {
+        /**
+         * Not constructible from PHP: dead letters come from `Broker::deadLetters()`.
+         */
+        public function __construct() {}
+
+        /**
+         * The message as stored: its topic is the dead-letter destination and its headers
+         * include the `polybus-dlq-*` ones.
+         */
+        public function message(): Message {}
+
+        /** The message id (the id it was first published with). */
+        public function id(): string {}
+
+        /** Why it failed for good, as the handler's exception said. */
+        public function error(): ?string {}
+
+        /** The kind of error: the exception class. */
+        public function errorType(): ?string {}
+
+        /** How many deliveries were tried. */
+        public function attempts(): ?int {}
+
+        /** The destination it failed on (where a redrive sends it). */
+        public function originalTopic(): ?string {}
+
+        /** The consumer group it failed in. */
+        public function group(): ?string {}
+
+        /** The partition it was read from, where the broker has partitions. */
+        public function partition(): ?int {}
+
+        /** The offset (or Redis stream id) it was read from, where the broker has one. */
+        public function offset(): ?string {}
+
+        /** First failure, in milliseconds since the Unix epoch. */
+        public function firstFailureMs(): ?int {}
+
+        /** Last failure, in milliseconds since the Unix epoch. */
+        public function lastFailureMs(): ?int {}
     }
 }
 

@@ -51,13 +51,16 @@ pub const HEADER_ORIGIN_PARTITION: &str = "polybus-origin-partition";
 pub const HEADER_ORIGIN_OFFSET: &str = "polybus-origin-offset";
 
 /// Header names reserved for the transport: a user header may not use them.
-pub const RESERVED_HEADERS: [&str; 6] = [
+pub const RESERVED_HEADERS: [&str; 9] = [
     HEADER_ID,
     HEADER_CONTENT_TYPE,
     HEADER_ATTEMPT,
     HEADER_KEY,
     HEADER_TIMESTAMP,
     HEADER_TOPIC,
+    HEADER_RETRY_DUE,
+    HEADER_ORIGIN_PARTITION,
+    HEADER_ORIGIN_OFFSET,
 ];
 
 /// The content type to assume for a payload that came without one (a non-Polybus producer):

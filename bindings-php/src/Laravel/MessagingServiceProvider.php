@@ -7,11 +7,13 @@ namespace Polybus\Laravel;
 use Illuminate\Contracts\Foundation\Application;
 use Illuminate\Support\ServiceProvider;
 use Polybus\Laravel\Console\ConsumeCommand;
+use Polybus\Laravel\Console\DeadLettersCommand;
 use Polybus\MessageBrokerInterface;
 
 /**
  * Binds `Polybus\MessageBrokerInterface` to the broker `config('messaging.driver')` names
- * (redis | kafka | rabbitmq | memory | null), registers `messaging:consume`, and offers
+ * (redis | kafka | rabbitmq | memory | null), registers `messaging:consume` and
+ * `messaging:dlq`, and offers
  * `config/messaging.php` for publishing (`--tag=messaging-config`). An application overrides
  * the binding with `$this->app->bind(MessageBrokerInterface::class, ...)` in its own provider,
  * or one driver with `BrokerFactory::extend()`.
@@ -43,7 +45,7 @@ class MessagingServiceProvider extends ServiceProvider
     {
         $this->publishes([self::configPath() => $this->app->configPath('messaging.php')], 'messaging-config');
         if ($this->app->runningInConsole()) {
-            $this->commands([ConsumeCommand::class]);
+            $this->commands([ConsumeCommand::class, DeadLettersCommand::class]);
         }
     }
 

@@ -6,6 +6,7 @@ namespace Polybus\Tests\Extension;
 
 use PHPUnit\Framework\TestCase;
 use Polybus\Broker;
+use Polybus\DeadLetter;
 use Polybus\Message;
 use Polybus\MessageBrokerInterface;
 use RuntimeException;
@@ -187,5 +188,44 @@ abstract class BrokerContractTest extends TestCase
         self::assertSame(2, $broker->consume($topic, $handler, 2, $this->patience(), $options));
         self::assertSame(0, $broker->consume($topic, $handler, 1, 1.0, $options));
         self::assertSame([1, 2], $seen);
+    }
+
+    public function testDeadLettersAreCountedListedAndRedriven(): void
+    {
+        $broker = $this->broker();
+        $topic = $this->prepare($broker, $this->destination('dead'));
+        $broker->publishBatch($topic, [['order' => 1], ['order' => 2]]);
+        $failed = $broker->consume($topic, static function (Message $m): void {
+            throw new \DomainException('card declined');
+        }, 2, $this->patience(), ['max_retries' => 0]);
+        self::assertSame(2, $failed);
+
+        $dlq = $topic . '.dlq';
+        self::assertSame(2, $broker->deadLetterCount($dlq));
+        $letters = $broker->deadLetters($dlq);
+        self::assertCount(2, $letters);
+        $orders = array_map(static fn (DeadLetter $d): int => $d->message()->payload()['order'], $letters);
+        sort($orders);
+        self::assertSame([1, 2], $orders);
+        self::assertSame('card declined', $letters[0]->error());
+        self::assertSame('DomainException', $letters[0]->errorType());
+        self::assertSame(1, $letters[0]->attempts());
+        self::assertSame($topic, $letters[0]->originalTopic());
+        self::assertSame($dlq, $letters[0]->message()->topic());
+        self::assertLessThanOrEqual($letters[0]->lastFailureMs(), $letters[0]->firstFailureMs());
+        self::assertCount(1, $broker->deadLetters($dlq, 1));
+        self::assertSame(2, $broker->deadLetterCount($dlq), 'listing leaves them in place');
+
+        self::assertSame(['moved' => 1, 'left' => []], $broker->redriveDeadLetters($dlq, 1));
+        self::assertSame(1, $broker->deadLetterCount($dlq));
+        self::assertSame(['moved' => 1, 'left' => []], $broker->redriveDeadLetters($dlq));
+        self::assertSame(0, $broker->deadLetterCount($dlq));
+
+        $attempts = [];
+        self::assertSame(2, $broker->consume($topic, static function (Message $m) use (&$attempts): void {
+            $attempts[$m->payload()['order']] = $m->attempt();
+        }, 2, $this->patience()));
+        ksort($attempts);
+        self::assertSame([1 => 1, 2 => 1], $attempts, 'redriven messages start again at attempt 1');
     }
 }

@@ -32,4 +32,20 @@ final class NullBrokerTest extends TestCase
         $redis = new Broker(['driver' => 'redis', 'host' => '127.0.0.1', 'port' => '6379', 'redis_mode' => 'list']);
         self::assertSame('redis://127.0.0.1:6379/0?mode=list', $redis->url());
     }
+
+    public function testTheNullBrokerKeepsNoDeadLettersAndSaysSo(): void
+    {
+        $broker = new Broker('null://');
+        $this->expectException(\Polybus\Exception\ConfigurationException::class);
+        $this->expectExceptionMessageMatches('/dead-letter/');
+        $broker->deadLetterCount('orders.dlq');
+    }
+
+    public function testADeadLetterLimitBelowOneIsAConfigurationError(): void
+    {
+        $broker = new Broker('memory://limits');
+        $this->expectException(\Polybus\Exception\ConfigurationException::class);
+        $this->expectExceptionMessageMatches('/limit/');
+        $broker->deadLetters('orders.dlq', 0);
+    }
 }

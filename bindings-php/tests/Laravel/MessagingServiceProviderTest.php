@@ -139,4 +139,35 @@ final class MessagingServiceProviderTest extends TestCase
         }, 2, 5.0);
         self::assertSame([['n' => 2], ['n' => 3]], $rest);
     }
+
+    public function testMessagingDlqCountsListsAndRedrivesDeadLetters(): void
+    {
+        $name = 'laravel-dlq-' . bin2hex(random_bytes(4));
+        $app = TestApplication::boot(['driver' => 'memory', 'connections' => ['memory' => ['name' => $name]]], new MemoryLogger());
+        $broker = $app->make(MessageBrokerInterface::class);
+        $broker->publishBatch('jobs', [['n' => 1], ['n' => 2]]);
+        $broker->consume('jobs', static function (): void {
+            throw new \RuntimeException('upstream timeout');
+        }, 2, 5.0, ['max_retries' => 0]);
+        $kernel = $app->make(Kernel::class);
+
+        $output = new BufferedOutput();
+        self::assertSame(0, $kernel->call('messaging:dlq', ['action' => 'count', 'destination' => 'jobs.dlq'], $output));
+        self::assertSame('2', trim($output->fetch()));
+        self::assertSame(0, $kernel->call('messaging:dlq', ['action' => 'list', 'destination' => 'jobs.dlq'], $output));
+        $listed = $output->fetch();
+        self::assertStringContainsString('RuntimeException: upstream timeout', $listed);
+        self::assertStringContainsString('{"n":2}', $listed);
+        self::assertSame(0, $kernel->call('messaging:dlq', ['action' => 'redrive', 'destination' => 'jobs.dlq'], $output));
+        self::assertStringContainsString('Redriven 2 dead letter(s)', $output->fetch());
+        self::assertSame(0, $broker->deadLetterCount('jobs.dlq'));
+        $seen = [];
+        $broker->consume('jobs', static function (Message $m) use (&$seen): void {
+            $seen[] = $m->payload()['n'];
+        }, 2, 5.0);
+        self::assertSame([1, 2], $seen);
+
+        self::assertSame(1, $kernel->call('messaging:dlq', ['action' => 'drop', 'destination' => 'jobs.dlq'], $output));
+        self::assertStringContainsString('Unknown action "drop"', $output->fetch());
+    }
 }
