@@ -26,6 +26,8 @@ pub mod config;
 pub mod consumer;
 pub mod delivery;
 pub mod error;
+pub mod failover;
+pub mod hub;
 pub mod message;
 pub mod subscription;
 pub mod wire;
@@ -42,5 +44,7 @@ pub use consumer::{
 };
 pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 pub use error::{Error, Result};
+pub use failover::{FailoverBroker, FailoverOptions, FailoverState, FailoverStatus, FsyncPolicy};
+pub use hub::{Hub, HubConfig};
 pub use message::{Headers, Message};
 pub use subscription::{DeliverySink, Readiness, ReadySignal, SinkBusy, SinkPermit, Subscription};
