@@ -24,6 +24,9 @@ pub struct PublishReceipt {
     pub stream_id: Option<String>,
     /// How many subscribers received it, where the broker says (Redis pub/sub).
     pub receivers: Option<u64>,
+    /// True when a [`crate::failover::FailoverBroker`] kept it in its local spool because the
+    /// primary was unreachable; it is sent to the primary later.
+    pub spooled: bool,
 }
 
 /// The producer side of a broker.

@@ -27,6 +27,8 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod delivery;
 pub mod error;
+pub mod failover;
+pub mod hub;
 pub mod message;
 pub mod subscription;
 pub mod wire;
@@ -46,5 +48,7 @@ pub use dead_letters::{
 };
 pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 pub use error::{Error, Result};
+pub use failover::{FailoverBroker, FailoverOptions, FailoverState, FailoverStatus, FsyncPolicy};
+pub use hub::{Hub, HubConfig};
 pub use message::{Headers, Message};
 pub use subscription::{DeliverySink, Readiness, ReadySignal, SinkBusy, SinkPermit, Subscription};
