@@ -182,6 +182,18 @@ impl FailoverBroker {
     }
 
     /// The primary, when publishes go straight to it.
+    /// Runs a publish to the primary for at most `publish_timeout`; running out of time
+    /// counts as an outage (a timeout error).
+    async fn bounded<T>(&self, publish: impl std::future::Future<Output = T>) -> Result<T> {
+        let limit = self.options().publish_timeout;
+        tokio::time::timeout(limit, publish)
+            .await
+            .map_err(|_| Error::Timeout {
+                operation: "publishing to the primary broker".to_owned(),
+                after: limit,
+            })
+    }
+
     fn direct(&self) -> Option<SharedBroker> {
         if self.shared.state() == FailoverState::Primary {
             self.shared.connected_primary()
@@ -198,7 +210,11 @@ impl Publisher for FailoverBroker {
         message.validate()?;
         let mut cause = None;
         if let Some(primary) = self.direct() {
-            match primary.publish(message.clone()).await {
+            match self
+                .bounded(primary.publish(message.clone()))
+                .await
+                .and_then(|r| r)
+            {
                 Err(err) if is_outage(&err) => cause = Some(err.to_string()),
                 done => return done,
             }
@@ -232,7 +248,11 @@ impl Publisher for FailoverBroker {
         let mut cause = None;
         let (to_spool, spool_slots) = match self.direct() {
             Some(primary) if !valid.is_empty() => {
-                let sent = primary.publish_batch(valid.clone()).await;
+                let count = valid.len();
+                let sent = match self.bounded(primary.publish_batch(valid.clone())).await {
+                    Ok(sent) => sent,
+                    Err(err) => (0..count).map(|_| Err(copy_error(&err))).collect(),
+                };
                 let mut to_spool = Vec::new();
                 let mut spool_slots = Vec::new();
                 for ((message, slot), result) in valid.into_iter().zip(slots).zip(sent) {

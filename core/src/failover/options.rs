@@ -85,6 +85,11 @@ pub struct FailoverOptions {
     pub probe_interval: Duration,
     /// Messages replayed per `publish_batch` (default 500).
     pub replay_batch: usize,
+    /// How long a publish may wait for the primary before the message is spooled instead
+    /// (default 5 s). A client that buffers through an outage (Kafka's producer holds messages
+    /// up to `message.timeout.ms`) would otherwise hold the caller for that long. The primary
+    /// may still deliver a message it timed out on, so it can arrive twice (same id).
+    pub publish_timeout: Duration,
 }
 
 impl FailoverOptions {
@@ -97,12 +102,14 @@ impl FailoverOptions {
             segment_bytes: 64 << 20,
             probe_interval: Duration::from_secs(1),
             replay_batch: 500,
+            publish_timeout: Duration::from_secs(5),
         }
     }
 
     /// Builds options from key/value pairs (as bindings pass a dict): `spool_dir` (required),
     /// `fsync`, `max_spool_bytes` and `segment_bytes` (bytes, or with a unit: `64MiB`, `1GB`),
-    /// `probe_interval` (`500ms`, `2s`; a bare number is milliseconds) and `replay_batch`.
+    /// `probe_interval` and `publish_timeout` (`500ms`, `2s`; a bare number is milliseconds)
+    /// and `replay_batch`.
     /// Unknown keys are rejected by name. The result is validated.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut options = FailoverOptions::new(PathBuf::new());
@@ -114,6 +121,7 @@ impl FailoverOptions {
                 "max_spool_bytes" => options.max_spool_bytes = parse_bytes(key, value)?,
                 "segment_bytes" => options.segment_bytes = parse_bytes(key, value)?,
                 "probe_interval" => options.probe_interval = parse_duration(key, value)?,
+                "publish_timeout" => options.publish_timeout = parse_duration(key, value)?,
                 "replay_batch" => {
                     options.replay_batch = value.parse().map_err(|_| {
                         Error::config(key, format!("{value:?} is not a whole number"))
@@ -122,7 +130,7 @@ impl FailoverOptions {
                 other => {
                     return Err(Error::config(
                         format!("failover option `{other}`"),
-                        "unknown; expected spool_dir, fsync, max_spool_bytes, segment_bytes, probe_interval or replay_batch",
+                        "unknown; expected spool_dir, fsync, max_spool_bytes, segment_bytes, probe_interval, publish_timeout or replay_batch",
                     ));
                 }
             }
@@ -159,6 +167,9 @@ impl FailoverOptions {
         }
         if self.probe_interval < Duration::from_millis(1) {
             return Err(Error::config("probe_interval", "must be at least 1ms"));
+        }
+        if self.publish_timeout < Duration::from_millis(1) {
+            return Err(Error::config("publish_timeout", "must be at least 1ms"));
         }
         if self.replay_batch == 0 || self.replay_batch > MAX_REPLAY_BATCH {
             return Err(Error::config(

@@ -653,10 +653,28 @@ fn is_fatal(err: &KafkaError) -> bool {
     )
 }
 
+/// An engine error for a client error: the broker being unreachable (transport failures, all
+/// brokers down, a message that timed out waiting for one) is a connection error, so callers
+/// (the failover broker, retrying publishers) can tell an outage from a refusal.
 pub(super) fn kafka_error(err: KafkaError) -> Error {
-    Error::Broker {
-        backend: "kafka",
-        reason: err.to_string(),
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match err.rdkafka_error_code() {
+        Some(
+            Code::BrokerTransportFailure
+            | Code::AllBrokersDown
+            | Code::MessageTimedOut
+            | Code::Resolve
+            | Code::NetworkException
+            | Code::RequestTimedOut
+            | Code::OperationTimedOut,
+        ) => Error::Connection {
+            target: "kafka".to_owned(),
+            reason: err.to_string(),
+        },
+        _ => Error::Broker {
+            backend: "kafka",
+            reason: err.to_string(),
+        },
     }
 }
 
