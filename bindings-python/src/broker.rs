@@ -1,10 +1,15 @@
 //! `Broker`: a connection to one broker, publishing from asyncio or blocking code.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use polybus::config::{BrokerKind, resolve_config};
-use polybus::{DeadLetters, Message, PublishReceipt, RedriveOptions, SharedBroker};
+use polybus::hub::HubConfig;
+use polybus::{
+    DeadLetters, FailoverBroker, FailoverOptions, Message, PublishReceipt, RedriveOptions,
+    SharedBroker,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -22,17 +27,25 @@ pub type Outgoing = (
     Option<String>,
 );
 
-/// A publish receipt as a tuple: id, partition, offset, stream id, receivers.
+/// A publish receipt as a tuple: id, partition, offset, stream id, receivers, spooled.
 pub type ReceiptTuple = (
     String,
     Option<i32>,
     Option<i64>,
     Option<String>,
     Option<u64>,
+    bool,
 );
 
 fn receipt_tuple(r: PublishReceipt) -> ReceiptTuple {
-    (r.id, r.partition, r.offset, r.stream_id, r.receivers)
+    (
+        r.id,
+        r.partition,
+        r.offset,
+        r.stream_id,
+        r.receivers,
+        r.spooled,
+    )
 }
 
 /// Builds and checks a message from what Python handed over.
@@ -83,13 +96,14 @@ impl Broker {
     /// Connects from a URL, or from a broker kind plus the environment; `options` become URL
     /// query parameters.
     #[staticmethod]
-    #[pyo3(signature = (url=None, broker=None, bootstrap_servers=None, options=None))]
+    #[pyo3(signature = (url=None, broker=None, bootstrap_servers=None, options=None, failover=None))]
     fn connect(
         py: Python<'_>,
         url: Option<String>,
         broker: Option<String>,
         bootstrap_servers: Option<String>,
         options: Option<BTreeMap<String, String>>,
+        failover: Option<BTreeMap<String, String>>,
     ) -> PyResult<Broker> {
         let kind: Option<BrokerKind> = broker.map(|b| b.parse()).transpose().map_err(to_py)?;
         let options = options.unwrap_or_default();
@@ -101,14 +115,88 @@ impl Broker {
             |name| std::env::var(name).ok(),
         )
         .map_err(to_py)?;
+        let failover = failover
+            .map(|pairs| {
+                FailoverOptions::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            })
+            .transpose()
+            .map_err(to_py)?;
         let runtime = crate::runtime::get();
         let inner = py
-            .detach(|| runtime.block_on(polybus::connect(&config)))
+            .detach(|| {
+                runtime.block_on(async {
+                    match failover {
+                        Some(options) => FailoverBroker::connect(&config, options)
+                            .await
+                            .map(|b| Arc::new(b) as SharedBroker),
+                        None => polybus::connect(&config).await,
+                    }
+                })
+            })
             .map_err(to_py)?;
         Ok(Broker {
             inner,
             url: config.redacted_url(),
         })
+    }
+
+    /// Connects a hub: `(tasks, events)`, the same broker twice when the URLs and failover
+    /// settings are the same.
+    #[staticmethod]
+    #[pyo3(signature = (tasks_url, events_url, tasks_failover=None, events_failover=None))]
+    fn hub(
+        py: Python<'_>,
+        tasks_url: String,
+        events_url: String,
+        tasks_failover: Option<BTreeMap<String, String>>,
+        events_failover: Option<BTreeMap<String, String>>,
+    ) -> PyResult<(Broker, Broker)> {
+        let options = |pairs: Option<BTreeMap<String, String>>| {
+            pairs
+                .map(|pairs| {
+                    FailoverOptions::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                })
+                .transpose()
+                .map_err(to_py)
+        };
+        let mut config = HubConfig::new(tasks_url.clone(), events_url.clone());
+        config.tasks_failover = options(tasks_failover)?;
+        config.events_failover = options(events_failover)?;
+        let redacted = |url: &str| {
+            polybus::BrokerConfig::parse(url)
+                .map(|c| c.redacted_url())
+                .unwrap_or_default()
+        };
+        let runtime = crate::runtime::get();
+        let hub = py
+            .detach(|| runtime.block_on(config.connect()))
+            .map_err(to_py)?;
+        Ok((
+            Broker {
+                inner: hub.tasks().clone(),
+                url: redacted(&tasks_url),
+            },
+            Broker {
+                inner: hub.events().clone(),
+                url: redacted(&events_url),
+            },
+        ))
+    }
+
+    /// The failover broker's state (`state`, `spool_depth`, `spool_bytes`, `replayed_total`,
+    /// `spooled_total`, `last_error`), or None when this broker has no failover.
+    fn failover_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(status) = self.inner.failover_status() else {
+            return Ok(None);
+        };
+        let dict = PyDict::new(py);
+        dict.set_item("state", status.state.as_str())?;
+        dict.set_item("spool_depth", status.spool_depth)?;
+        dict.set_item("spool_bytes", status.spool_bytes)?;
+        dict.set_item("replayed_total", status.replayed_total)?;
+        dict.set_item("spooled_total", status.spooled_total)?;
+        dict.set_item("last_error", status.last_error)?;
+        Ok(Some(dict))
     }
 
     /// Backend name: memory, null, kafka, rabbitmq or redis.

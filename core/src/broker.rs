@@ -89,6 +89,12 @@ pub trait Broker: Publisher + Subscriber {
             feature: "dead-letter inspection and redrive (it keeps no messages)".into(),
         })
     }
+
+    /// Where publishes go and how full the spool is, for a
+    /// [`FailoverBroker`](crate::FailoverBroker); `None` for every other broker.
+    fn failover_status(&self) -> Option<crate::failover::FailoverStatus> {
+        None
+    }
 }
 
 /// A shared handle on any broker.

@@ -23,6 +23,7 @@ from ._handlers import (
     provide,
     registered_handlers,
 )
+from ._hub import Hub
 from ._polybus import (
     Broker,
     BrokerConnectionError,
@@ -37,7 +38,7 @@ from ._polybus import (
 )
 from ._producer import Producer
 from ._runner import HandlerRunner
-from ._types import MessageContext, Receipt
+from ._types import FailoverStatus, MessageContext, Receipt
 from .consumer import run_consumers
 
 __all__ = [
@@ -48,8 +49,10 @@ __all__ = [
     "ConfigurationError",
     "DeadLetter",
     "DeadLetters",
+    "FailoverStatus",
     "HandlerRunner",
     "HandlerSpec",
+    "Hub",
     "InvalidMessageError",
     "MessageContext",
     "PolybusError",

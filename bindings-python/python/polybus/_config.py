@@ -24,6 +24,7 @@ def configure_messaging(
     url: Optional[str] = None,
     *,
     group: Optional[str] = None,
+    failover: Optional[dict[str, Any]] = None,
     **options: Any,
 ) -> None:
     """Chooses the broker: ``broker`` is ``"kafka"``, ``"rabbitmq"``, ``"redis"``, ``"memory"``
@@ -31,6 +32,9 @@ def configure_messaging(
     arguments are read from ``POLYBUS_URL``, ``KAFKA_BOOTSTRAP_SERVERS``, ``RABBITMQ_URL`` and
     ``REDIS_URL``. Other keyword options become URL parameters (``mode="streams"`` for Redis,
     librdkafka properties for Kafka, ...). ``group`` prefixes the default consumer groups.
+    ``failover={"spool_dir": ..., "fsync": "always"}`` puts the producer behind a durable
+    local spool: while the broker is unreachable, sends go to the spool (in order, surviving a
+    restart) and are replayed to the broker once it is back.
     The connection is made on first use; errors name the bad part of the configuration."""
     global _broker, _producer
     with _lock:
@@ -41,6 +45,7 @@ def configure_messaging(
             url=url,
             group=group or "polybus",
             options={k: _option(v) for k, v in options.items()},
+            failover={k: _option(v) for k, v in failover.items()} if failover else None,
         )
         _broker = None
         _producer = None
@@ -67,6 +72,7 @@ def get_broker() -> _polybus.Broker:
                 broker=_settings.get("broker"),
                 bootstrap_servers=_settings.get("bootstrap_servers"),
                 options=_settings.get("options") or {},
+                failover=_settings.get("failover"),
             )
             atexit.register(_close_at_exit, _broker)
         return _broker

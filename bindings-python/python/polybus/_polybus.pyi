@@ -6,7 +6,7 @@ from typing import Any, Optional, Union
 __version__: str
 
 Outgoing = tuple[str, bytes, str, Optional[str], Optional[dict[str, str]], Optional[str]]
-ReceiptTuple = tuple[str, Optional[int], Optional[int], Optional[str], Optional[int]]
+ReceiptTuple = tuple[str, Optional[int], Optional[int], Optional[str], Optional[int], bool]
 Job = tuple[
     int, str, str, Optional[str], dict[str, str], bytes, str, int, int, Optional[int], Optional[int]
 ]
@@ -27,7 +27,16 @@ class Broker:
         broker: Optional[str] = None,
         bootstrap_servers: Optional[str] = None,
         options: Optional[dict[str, str]] = None,
+        failover: Optional[dict[str, str]] = None,
     ) -> Broker: ...
+    @staticmethod
+    def hub(
+        tasks_url: str,
+        events_url: str,
+        tasks_failover: Optional[dict[str, str]] = None,
+        events_failover: Optional[dict[str, str]] = None,
+    ) -> tuple[Broker, Broker]: ...
+    def failover_status(self) -> Optional[dict[str, Any]]: ...
     @property
     def name(self) -> str: ...
     @property

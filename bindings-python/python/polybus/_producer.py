@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from . import _polybus
 from ._codec import encode
-from ._types import Receipt
+from ._types import FailoverStatus, Receipt
 
 
 def _outgoing(
@@ -21,9 +21,7 @@ def _outgoing(
     return (topic, payload, content_type, key, dict(headers) if headers else None, message_id)
 
 
-def _receipt(
-    raw: tuple[str, Optional[int], Optional[int], Optional[str], Optional[int]],
-) -> Receipt:
+def _receipt(raw: _polybus.ReceiptTuple) -> Receipt:
     return Receipt(*raw)
 
 
@@ -88,6 +86,12 @@ class Producer:
         return _receipt(
             self._broker.publish_blocking(_outgoing(topic, message, key, headers, message_id))
         )
+
+    def failover_status(self) -> Optional[FailoverStatus]:
+        """Where publishes go (``primary``, ``spooling`` or ``replaying``) and how full the spool
+        is, when the broker was configured with ``failover=``; None otherwise."""
+        raw = self._broker.failover_status()
+        return FailoverStatus(**raw) if raw is not None else None
 
     async def flush(self, timeout: float = 30.0) -> None:
         """Waits until everything published so far was accepted."""

@@ -15,6 +15,28 @@ class Receipt:
     offset: Optional[int] = None
     stream_id: Optional[str] = None
     receivers: Optional[int] = None
+    #: True when the primary broker was unreachable and the message went to the failover
+    #: spool (it is replayed, in order, once the primary is back).
+    spooled: bool = False
+
+
+@dataclass(frozen=True)
+class FailoverStatus:
+    """What a failover producer is doing."""
+
+    #: ``primary`` (publishing to the broker), ``spooling`` (the broker is unreachable) or
+    #: ``replaying`` (the spool is being sent to the broker, which is back).
+    state: str
+    #: Messages in the spool, not yet replayed.
+    spool_depth: int
+    #: Disk space the spool takes.
+    spool_bytes: int
+    #: Messages replayed to the primary since the broker was opened.
+    replayed_total: int
+    #: Messages spooled since the broker was opened.
+    spooled_total: int
+    #: The last error from the primary.
+    last_error: Optional[str] = None
 
 
 @dataclass(frozen=True)

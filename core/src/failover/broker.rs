@@ -356,6 +356,21 @@ impl Broker for FailoverBroker {
     fn capabilities(&self) -> Capabilities {
         self.shared.capabilities()
     }
+
+    /// The primary's dead letters (they live on the primary, not in the spool).
+    fn dead_letter_store(&self) -> Result<Box<dyn crate::dead_letters::DeadLetterStore>> {
+        match self.shared.connected_primary() {
+            Some(primary) => primary.dead_letter_store(),
+            None => Err(Error::Connection {
+                target: self.name().to_owned(),
+                reason: "the primary broker has not been reached yet".to_owned(),
+            }),
+        }
+    }
+
+    fn failover_status(&self) -> Option<FailoverStatus> {
+        Some(self.status())
+    }
 }
 
 impl Drop for FailoverBroker {
