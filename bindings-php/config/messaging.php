@@ -20,6 +20,20 @@ return [
     // Seconds a connect, publish or flush may take.
     'timeout' => env('MESSAGING_TIMEOUT', 30),
 
+    // Spool publishes to local disk while the broker is unreachable and replay them, in order,
+    // once it is back (set MESSAGING_SPOOL_DIR to turn it on; each driver gets a subdirectory).
+    // fsync: always (no accepted message lost, even on power loss), never, or interval:100ms.
+    'failover' => [
+        'spool_dir' => env('MESSAGING_SPOOL_DIR'),
+        'fsync' => env('MESSAGING_SPOOL_FSYNC', 'always'),
+    ],
+
+    // Polybus\Hub: tasks (work queues) and events (streams, replayable) on their own drivers.
+    'hub' => [
+        'tasks' => env('MESSAGING_TASKS_DRIVER', 'rabbitmq'),
+        'events' => env('MESSAGING_EVENTS_DRIVER', 'kafka'),
+    ],
+
     'connections' => [
         'redis' => [
             // A REDIS_URL wins over the separate settings.

@@ -1,11 +1,12 @@
 //! `Polybus\Broker`: a connection to one broker, with a blocking API over the engine.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ext_php_rs::boxed::ZBox;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
-use polybus::{BrokerKind, Message, SharedBroker};
+use polybus::{BrokerKind, FailoverBroker, Message, SharedBroker};
 
 use crate::config::settings_from;
 use crate::convert::{PhpJson, headers_from, seconds};
@@ -41,6 +42,16 @@ impl Broker {
         self.timeout
     }
 
+    /// Another handle on the same connection (for `Polybus\Hub`).
+    pub(crate) fn share(&self) -> PhpResult<Broker> {
+        Ok(Broker {
+            inner: Some(self.open()?.clone()),
+            kind: self.kind,
+            url: self.url.clone(),
+            timeout: self.timeout,
+        })
+    }
+
     fn message(destination: &str, payload: &ZendHashTable) -> PhpResult<Message> {
         Message::json(destination, &PhpJson(payload)).map_err(|err| {
             throw(
@@ -72,9 +83,18 @@ impl Broker {
     pub fn __construct(config: &Zval) -> PhpResult<Self> {
         let settings = settings_from(config).map_err(config_error)?;
         let url = settings.broker.redacted_url();
-        let broker = block_on(settings.timeout, polybus::connect(&settings.broker))
-            .map_err(|err| block_error(err, &format!("connecting to {url}")))?
-            .map_err(|err| engine_error(&err, Context::Connect))?;
+        let failover = settings.failover;
+        let config = &settings.broker;
+        let broker = block_on(settings.timeout, async move {
+            match failover {
+                Some(options) => FailoverBroker::connect(config, options)
+                    .await
+                    .map(|b| Arc::new(b) as SharedBroker),
+                None => polybus::connect(config).await,
+            }
+        })
+        .map_err(|err| block_error(err, &format!("connecting to {url}")))?
+        .map_err(|err| engine_error(&err, Context::Connect))?;
         Ok(Broker {
             inner: Some(broker),
             kind: settings.broker.kind(),
@@ -257,6 +277,24 @@ impl Broker {
         closed
             .map_err(|err| block_error(err, "closing"))?
             .map_err(|err| engine_error(&err, Context::Publish))
+    }
+
+    /// Where publishes go and how full the spool is, for a broker configured with `failover`:
+    /// `['state' => 'primary'|'spooling'|'replaying', 'spool_depth' => n, 'spool_bytes' => n,
+    /// 'replayed_total' => n, 'spooled_total' => n, 'last_error' => ?string]`; null otherwise.
+    pub fn failover_status(&self) -> PhpResult<Option<ZBox<ZendHashTable>>> {
+        let Some(status) = self.open()?.failover_status() else {
+            return Ok(None);
+        };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut array = ZendHashTable::new();
+        array.insert("state", status.state.as_str())?;
+        array.insert("spool_depth", count(status.spool_depth))?;
+        array.insert("spool_bytes", count(status.spool_bytes))?;
+        array.insert("replayed_total", count(status.replayed_total))?;
+        array.insert("spooled_total", count(status.spooled_total))?;
+        array.insert("last_error", status.last_error)?;
+        Ok(Some(array))
     }
 
     /// The backend: `memory`, `null`, `kafka`, `rabbitmq` or `redis`.

@@ -17,6 +17,7 @@
 //! | `redis_mode` or `mode` | redis | `list`, `pubsub` or `streams` |
 //! | `tls` | kafka, rabbitmq, redis | bool: TLS to the server |
 //! | `options` | kafka, rabbitmq, redis | extra URL query parameters (librdkafka properties for Kafka) |
+//! | `failover` | kafka, rabbitmq, redis | array: spool publishes to disk while the broker is down (`spool_dir`, `fsync`, `max_spool_bytes`, `segment_bytes`, `probe_interval`, `publish_timeout`, `replay_batch`) |
 //!
 //! Settings the array leaves out come from the environment as the engine reads it
 //! (`KAFKA_BROKERS`, `RABBITMQ_URL`, `RABBITMQ_HOST`..., `REDIS_URL`), then local defaults.
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use ext_php_rs::types::{ZendHashTable, Zval};
 use polybus::config::{Secret, broker_config_for};
-use polybus::{BrokerConfig, BrokerKind};
+use polybus::{BrokerConfig, BrokerKind, FailoverOptions};
 
 use crate::convert::seconds;
 
@@ -41,6 +42,8 @@ pub struct Settings {
     pub broker: BrokerConfig,
     /// The bound on connecting, publishing and flushing.
     pub timeout: Duration,
+    /// Put the broker behind a durable local spool, with these settings.
+    pub failover: Option<FailoverOptions>,
 }
 
 /// Reads a URL string or a configuration array.
@@ -51,6 +54,7 @@ pub fn settings_from(config: &Zval) -> Result<Settings, String> {
         return Ok(Settings {
             broker,
             timeout: DEFAULT_TIMEOUT,
+            failover: None,
         });
     }
     match config.array() {
@@ -113,10 +117,15 @@ fn from_array(array: &ZendHashTable) -> Result<Settings, String> {
     // One set of rules for URLs and arrays: the engine's parser checks what was assembled.
     let broker =
         BrokerConfig::parse(&broker.url_with_credentials()).map_err(|err| err.to_string())?;
-    Ok(Settings { broker, timeout })
+    let failover = get.failover()?;
+    Ok(Settings {
+        broker,
+        timeout,
+        failover,
+    })
 }
 
-const KNOWN_KEYS: [&str; 20] = [
+const KNOWN_KEYS: [&str; 21] = [
     "driver",
     "url",
     "timeout",
@@ -137,6 +146,7 @@ const KNOWN_KEYS: [&str; 20] = [
     "tls",
     "options",
     "connection",
+    "failover",
 ];
 
 fn apply(broker: &mut BrokerConfig, get: &Fields<'_>) -> Result<(), String> {
@@ -378,6 +388,30 @@ impl Fields<'_> {
     }
 
     /// The `options` array: extra query parameters, values as strings.
+    /// The `failover` array as engine options; an empty or null array means none.
+    fn failover(&self) -> Result<Option<FailoverOptions>, String> {
+        let Some(value) = self.raw("failover") else {
+            return Ok(None);
+        };
+        if value.is_null() {
+            return Ok(None);
+        }
+        let Some(settings) = value.array() else {
+            return Err(bad(
+                "failover",
+                "expected an array such as ['spool_dir' => ...]",
+            ));
+        };
+        let pairs = crate::convert::headers_from(settings)
+            .map_err(|reason| bad("failover", reason.replace("header", "setting")))?;
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        FailoverOptions::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map(Some)
+            .map_err(|err| err.to_string())
+    }
+
     fn options(&self) -> Result<Vec<(String, String)>, String> {
         let Some(value) = self.raw("options") else {
             return Ok(Vec::new());

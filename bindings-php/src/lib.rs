@@ -13,6 +13,7 @@ mod consume;
 mod convert;
 mod dead_letters;
 mod errors;
+mod hub;
 mod interface;
 mod message;
 mod runtime;
@@ -69,6 +70,7 @@ pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
         .class::<message::Message>()
         .class::<dead_letters::DeadLetter>()
         .class::<broker::Broker>()
+        .class::<hub::Hub>()
         .startup_function(module_startup)
         .shutdown_function(module_shutdown)
         .info_function(module_info)

@@ -129,6 +129,15 @@ namespace Polybus {
          */
         public function redriveDeadLetters(string $destination, ?int $limit = null, ?string $to = null): array {}
 
+        /**
+         * Where publishes go and how full the spool is, for a broker configured with `failover`;
+         * null otherwise.
+         *
+         * @return array{state: 'primary'|'spooling'|'replaying', spool_depth: int, spool_bytes: int, replayed_total: int, spooled_total: int, last_error: ?string}|null
+         * @throws Exception\PolybusException
+         */
+        public function failoverStatus(): ?array {}
+
         /** The backend: `memory`, `null`, `kafka`, `rabbitmq` or `redis`. */
         public function driver(): string {}
 
@@ -196,6 +205,49 @@ namespace Polybus {
 
         /** The offset it was read from, where the broker has a log (Kafka, memory). */
         public function offset(): ?int {}
+    }
+
+    /**
+     * Routes tasks (work queues: each task to one worker, e.g. RabbitMQ) and events (streams:
+     * every group gets every event, history can be replayed, e.g. Kafka) to their brokers.
+     */
+    class Hub
+    {
+        /** Tasks go to `$tasks`, events to `$events` (the same broker may serve both). */
+        public function __construct(Broker $tasks, Broker $events) {}
+
+        /**
+         * Publishes a task to the task broker; returns its id. `$options` as `publishMessage`.
+         *
+         * @param array{key?: string, headers?: array<string, scalar>, id?: string}|null $options
+         * @throws Exception\PolybusException
+         */
+        public function publishTask(string $destination, array $payload, ?array $options = null): string {}
+
+        /**
+         * Publishes an event to the event broker; returns its id. `$options` as `publishMessage`.
+         *
+         * @param array{key?: string, headers?: array<string, scalar>, id?: string}|null $options
+         * @throws Exception\PolybusException
+         */
+        public function publishEvent(string $destination, array $payload, ?array $options = null): string {}
+
+        /** The task broker (consume tasks with it). */
+        public function tasks(): Broker {}
+
+        /** The event broker (consume events with it). */
+        public function events(): Broker {}
+
+        /**
+         * Consumes events of `$destination` from the first one at or after `$since`
+         * (milliseconds since the epoch), as `Broker::consume` with `start` `timestamp:$since`.
+         *
+         * @param callable(Message): void $handler
+         * @param array<string, mixed>|null $options as `Broker::consume`
+         * @throws Exception\ConfigurationException where the event broker keeps no history (RabbitMQ, Redis lists)
+         * @throws Exception\PolybusException
+         */
+        public function replayEvents(string $destination, int $since, callable $handler, int $limit, float $timeout = 30.0, ?array $options = null): int {}
     }
 
     /**

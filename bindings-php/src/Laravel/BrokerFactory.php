@@ -89,6 +89,11 @@ final class BrokerFactory
         if (isset($this->config['timeout']) && $this->config['timeout'] !== '') {
             $connection['timeout'] = (float) $this->config['timeout'];
         }
+        $failover = (array) ($this->config['failover'] ?? []);
+        if (($failover['spool_dir'] ?? '') !== '' && !in_array($driver, ['memory', 'null'], true)) {
+            $failover['spool_dir'] = rtrim((string) $failover['spool_dir'], '/') . '/' . $driver;
+            $connection['failover'] = array_filter($failover, static fn ($value): bool => $value !== null && $value !== '');
+        }
 
         return array_filter($connection, static fn ($value): bool => $value !== null && $value !== '');
     }

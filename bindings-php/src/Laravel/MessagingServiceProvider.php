@@ -6,6 +6,9 @@ namespace Polybus\Laravel;
 
 use Illuminate\Contracts\Foundation\Application;
 use Illuminate\Support\ServiceProvider;
+use InvalidArgumentException;
+use Polybus\Broker;
+use Polybus\Hub;
 use Polybus\Laravel\Console\ConsumeCommand;
 use Polybus\Laravel\Console\DeadLettersCommand;
 use Polybus\MessageBrokerInterface;
@@ -13,7 +16,7 @@ use Polybus\MessageBrokerInterface;
 /**
  * Binds `Polybus\MessageBrokerInterface` to the broker `config('messaging.driver')` names
  * (redis | kafka | rabbitmq | memory | null), registers `messaging:consume` and
- * `messaging:dlq`, and offers
+ * `messaging:dlq`, binds `Polybus\Hub` (`messaging.hub.tasks` / `events` drivers), and offers
  * `config/messaging.php` for publishing (`--tag=messaging-config`). An application overrides
  * the binding with `$this->app->bind(MessageBrokerInterface::class, ...)` in its own provider,
  * or one driver with `BrokerFactory::extend()`.
@@ -36,6 +39,27 @@ class MessagingServiceProvider extends ServiceProvider
             static fn (Application $app): MessageBrokerInterface => $app->make(BrokerFactory::class)->make(),
         );
         $this->app->alias(MessageBrokerInterface::class, 'messaging');
+        $this->app->singleton(Hub::class, static function (Application $app): Hub {
+            $config = (array) $app['config']->get('messaging', []);
+            $default = strtolower((string) ($config['driver'] ?? 'null'));
+            $brokers = [];
+            $broker = static function (string $driver) use ($app, $default, &$brokers): Broker {
+                $driver = strtolower($driver);
+                $brokers[$driver] ??= $driver === $default
+                    ? $app->make(MessageBrokerInterface::class)
+                    : $app->make(BrokerFactory::class)->make($driver);
+                if (!$brokers[$driver] instanceof Broker) {
+                    throw new InvalidArgumentException(sprintf('The hub needs a Polybus broker for the "%s" driver.', $driver));
+                }
+
+                return $brokers[$driver];
+            };
+
+            return new Hub(
+                $broker((string) ($config['hub']['tasks'] ?? $default)),
+                $broker((string) ($config['hub']['events'] ?? $default)),
+            );
+        });
     }
 
     /**

@@ -170,4 +170,30 @@ final class MessagingServiceProviderTest extends TestCase
         self::assertSame(1, $kernel->call('messaging:dlq', ['action' => 'drop', 'destination' => 'jobs.dlq'], $output));
         self::assertStringContainsString('Unknown action "drop"', $output->fetch());
     }
+
+    public function testTheHubUsesTheConfiguredDriversAndFailoverGetsASpoolPerDriver(): void
+    {
+        $spool = sys_get_temp_dir() . '/polybus-laravel-spool-' . bin2hex(random_bytes(4));
+        $app = TestApplication::boot([
+            'driver' => 'redis',
+            'redis_mode' => 'list',
+            'failover' => ['spool_dir' => $spool, 'fsync' => 'never'],
+            'hub' => ['tasks' => 'redis', 'events' => 'memory'],
+            'connections' => ['redis' => ['host' => '127.0.0.1'], 'memory' => ['name' => 'laravel-hub']],
+        ], new MemoryLogger());
+        $hub = $app->make(\Polybus\Hub::class);
+        self::assertSame('redis', $hub->tasks()->driver());
+        self::assertSame('memory', $hub->events()->driver());
+        self::assertSame('primary', $app->make(MessageBrokerInterface::class)->failoverStatus()['state']);
+        self::assertDirectoryExists($spool . '/redis');
+        self::assertNull($hub->events()->failoverStatus(), 'the memory broker needs no spool');
+        $topic = 'php.laravel.hub.' . bin2hex(random_bytes(4));
+        $hub->publishTask($topic, ['n' => 1]);
+        $seen = [];
+        $hub->tasks()->consume($topic, static function (Message $m) use (&$seen): void {
+            $seen[] = $m->payload();
+        }, 1, 10.0);
+        self::assertSame([['n' => 1]], $seen);
+        exec('rm -rf ' . escapeshellarg($spool));
+    }
 }
