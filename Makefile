@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/polybus/target
 export POLYBUS_VENV ?= $(HOME)/.cache/polybus/venv
 CARGO ?= cargo
 
-.PHONY: demo demo-rust test deps python lint brokers-up brokers-down test-all
+.PHONY: demo demo-rust test deps python lint brokers-up brokers-down test-all bench bench-smoke
 
 ## demo: the main job on the embedded in-memory broker (the Python quickstart)
 demo: python
@@ -45,3 +45,14 @@ brokers-up:
 
 brokers-down:
 	scripts/brokers.sh down
+
+## bench: the benchmark suite, Polybus against the clients it replaces, on the real brokers
+## (release builds; results in benches/results/, see benches/README.md). Options go in
+## BENCH_ARGS, e.g. make bench BENCH_ARGS="--only 'py-kafka-*' --messages 20000"
+BENCH_ARGS ?=
+bench:
+	scripts/bench.sh $(BENCH_ARGS)
+
+## bench-smoke: every benchmark scenario once with tiny counts (part of `make test`)
+bench-smoke:
+	scripts/bench.sh --smoke $(BENCH_ARGS)

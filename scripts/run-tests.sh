@@ -24,6 +24,8 @@ run_suite rust "$CARGO" test --workspace --all-targets
 run_suite rust-doc "$CARGO" test --workspace --doc
 run_suite python "$VENV/bin/pytest" -q -p no:cacheprovider bindings-python/tests
 run_suite php bindings-php/run-tests.sh
+# The benchmark harness once with tiny counts, so it never rots; no timing is asserted.
+run_suite bench-smoke scripts/bench.sh --smoke
 
 # cargo: "test result: ok. 18 passed; 0 failed; 0 ignored; ..."
 # pytest: "2 failed, 43 passed in 26.54s" / "45 passed in 26.54s"

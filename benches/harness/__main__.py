@@ -1,0 +1,192 @@
+"""``python -m harness``: runs the benchmark suite (see benches/README.md).
+
+Every (scenario, size) runs Polybus and its comparators one after the other, each as a
+subprocess of its own, on the same brokers. Progress goes to stderr, one line per run; the
+results go to ``<out>/<UTC time>.json`` and ``.md`` with ``-throughput.png`` and
+``-latency.png``, and the markdown table is printed at the end. ``--smoke`` runs every
+scenario once with tiny counts into a temporary directory and exits 1 when a Polybus run
+failed (comparators that cannot run are reported, not fatal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import brokers, machine, report
+from .catalog import select
+from .runner import Record, execute
+from .tools import BENCHES, Run
+
+SMOKE = {"messages": 200, "latency_messages": 20, "latency_rate": 200.0, "idle": 0.2}
+FULL = {"messages": 100_000, "latency_messages": 2000, "latency_rate": 1000.0, "idle": 2.0}
+
+
+def options(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench.sh",
+        description="Runs the Polybus benchmark suite (benches/README.md).",
+    )
+    parser.add_argument("--messages", type=int, help="messages per run (default 100000; smoke 200)")
+    parser.add_argument("--sizes", default=None, help="message sizes in bytes (default 100,1024)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="scenario glob, or scenario/impl glob (repeatable, or comma-separated)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, every scenario once")
+    parser.add_argument("--out", type=Path, help="results directory (default benches/results)")
+    parser.add_argument("--latency-messages", type=int, help="paced messages per consume run")
+    parser.add_argument("--latency-rate", type=float, help="paced messages per second")
+    parser.add_argument("--timeout", type=float, help="seconds allowed per run")
+    parser.add_argument("--list", action="store_true", help="list the runs and exit")
+    return parser.parse_args(argv)
+
+
+def _fmt_rate(value: Optional[float]) -> str:
+    return f"{value:>12,.0f} msg/s" if value else " " * 18
+
+
+def progress(i: int, total: int, record: Record, seconds: float) -> None:
+    head = f"[{i:>3}/{total}] {record.scenario:<25} {record.impl:<22} {record.size:>5} B"
+    if record.status != "ok":
+        line = f"{head}  FAILED: {record.reason}"
+    else:
+        p50, p99 = record.value("p50_ms"), record.value("p99_ms")
+        lat = f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms" if p50 is not None and p99 is not None else ""
+        line = f"{head} {_fmt_rate(record.value('msgs_per_s'))}{lat}"
+    print(f"{line}  ({seconds:.1f}s)", file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    opts = options(argv)
+    base = SMOKE if opts.smoke else FULL
+    messages = opts.messages or int(base["messages"])
+    sizes = [int(s) for s in (opts.sizes or ("100" if opts.smoke else "100,1024")).split(",")]
+    latency_messages = opts.latency_messages or int(base["latency_messages"])
+    latency_rate = opts.latency_rate or float(base["latency_rate"])
+    patterns = [p for arg in opts.only for p in arg.split(",") if p]
+    chosen = select(patterns)
+    if not chosen:
+        print(f"bench: nothing matches {patterns}", file=sys.stderr)
+        return 2
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stem = now.strftime("%Y-%m-%dT%H%M%SZ")
+    run_id = now.strftime("%m%d%H%M%S") + secrets.token_hex(2)
+    runs: list[Run] = []
+    for scenario in dict.fromkeys(s for s, _ in chosen):
+        for size in sizes:
+            for s, impl in chosen:
+                if s is not scenario:
+                    continue
+                n = max(min(100, messages), messages // impl.share)
+                timeout = opts.timeout or (90.0 if opts.smoke else 180.0 + n / 100)
+                topic = f"bench.{run_id}.{scenario.name}.{impl.name}.{size}"
+                runs.append(
+                    Run(
+                        scenario,
+                        impl,
+                        size,
+                        n,
+                        topic,
+                        latency_messages,
+                        latency_rate,
+                        float(base["idle"]),
+                        timeout,
+                    )
+                )
+    if opts.list:
+        for r in runs:
+            print(f"{r.scenario.name}/{r.impl.name} {r.size} B x {r.messages}")
+        return 0
+
+    if opts.out is not None:
+        out_dir = opts.out
+    elif opts.smoke:
+        # One directory, emptied each time: smoke runs leave nothing behind in the repo and
+        # do not pile up.
+        out_dir = Path(tempfile.gettempdir()) / "polybus-bench-smoke"
+        shutil.rmtree(out_dir, ignore_errors=True)
+    else:
+        out_dir = BENCHES / "results"
+    up = brokers.reachable()
+    print(
+        f"bench: {len(runs)} runs, {messages:,} messages, sizes {sizes}; brokers "
+        + ", ".join(f"{k} {'up' if v else 'DOWN'}" for k, v in up.items()),
+        file=sys.stderr,
+        flush=True,
+    )
+    info = machine.describe()
+    started = time.time()
+    records: list[Record] = []
+    for i, run in enumerate(runs, 1):
+        t0 = time.perf_counter()
+        if not up.get(brokers.broker_of(run.scenario.broker), False):
+            record = Record(
+                run.scenario.name,
+                run.impl.name,
+                run.impl.polybus,
+                run.size,
+                run.topic,
+                status="failed",
+                reason=f"{brokers.broker_of(run.scenario.broker)} is not reachable",
+            )
+        else:
+            record = execute(run)
+        records.append(record)
+        progress(i, len(runs), record, time.perf_counter() - t0)
+
+    info["loadavg_at_end"] = list(os.getloadavg())
+    doc = {
+        "started": now.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "duration_s": round(time.time() - started, 1),
+        "machine": info,
+        "options": {
+            "messages": messages,
+            "sizes": sizes,
+            "only": patterns,
+            "smoke": opts.smoke,
+            "latency_messages": latency_messages,
+            "latency_rate": latency_rate,
+        },
+    }
+    paths = report.write(out_dir, stem, doc, records)
+    if not opts.smoke and opts.out is None:
+        for kind, suffix in (
+            ("md", ".md"),
+            ("throughput", "-throughput.png"),
+            ("latency", "-latency.png"),
+        ):
+            shutil.copyfile(paths[kind], out_dir / f"latest{suffix}")
+    print(paths["md"].read_text())
+    failed = [r for r in records if r.status != "ok"]
+    polybus_failed = [r for r in failed if r.polybus]
+    print(
+        f"bench: {len(records)} runs in {time.time() - started:.0f}s, {len(failed)} did not"
+        f" complete ({len(polybus_failed)} of them Polybus); results in {out_dir}",
+        file=sys.stderr,
+    )
+    for name, path in paths.items():
+        print(f"bench:   {name}: {path}", file=sys.stderr)
+    if opts.smoke and polybus_failed:
+        for bad in polybus_failed:
+            print(
+                f"bench: Polybus run {bad.scenario}/{bad.impl} failed: {bad.reason}",
+                file=sys.stderr,
+            )
+        return 1
+    return 0 if len(failed) < len(records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
