@@ -33,8 +33,8 @@ python:
 lint: python
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(POLYBUS_VENV)/bin/ruff check bindings-python examples/python
-	$(POLYBUS_VENV)/bin/ruff format --check bindings-python examples/python
+	$(POLYBUS_VENV)/bin/ruff check bindings-python examples/python benches
+	$(POLYBUS_VENV)/bin/ruff format --check bindings-python examples/python benches
 
 test-all: python
 	scripts/run-tests.sh
