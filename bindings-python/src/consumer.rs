@@ -62,7 +62,8 @@ impl ConsumerSettings {
 }
 
 /// A batch of jobs as a list of tuples:
-/// `(token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition, offset)`.
+/// `(token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
+/// offset, run)`: jobs with the same `run` id are handled one after another, in order.
 pub struct JobBatch(Vec<Job>);
 
 impl<'py> IntoPyObject<'py> for JobBatch {
@@ -92,6 +93,7 @@ impl<'py> IntoPyObject<'py> for JobBatch {
                     job.attempt.into_pyobject(py)?.into_any(),
                     job.meta.partition.into_pyobject(py)?.into_any(),
                     job.meta.offset.into_pyobject(py)?.into_any(),
+                    job.run.into_pyobject(py)?.into_any(),
                 ],
             )?;
             list.append(item)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::consumer::{Handler, HandlerError};
+use crate::consumer::{Handler, HandlerError, OutcomeFuture};
 use crate::delivery::{Delivery, DeliveryMeta};
 use crate::message::Message;
 
@@ -26,6 +26,9 @@ pub struct Job {
     pub attempt: u32,
     /// Broker metadata.
     pub meta: DeliveryMeta,
+    /// Jobs with the same run id must be handled one after another, in the order they are
+    /// handed out (the queue of one key or partition); `None` for a job on its own.
+    pub run: Option<u64>,
 }
 
 /// Connects the consumer runtime to a foreign handler. Create one, give
@@ -36,6 +39,7 @@ pub struct HandlerBridge {
     jobs_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Result<(), HandlerError>>>>,
     next_token: AtomicU64,
+    next_run: AtomicU64,
 }
 
 impl HandlerBridge {
@@ -48,6 +52,7 @@ impl HandlerBridge {
             jobs_rx: tokio::sync::Mutex::new(jobs_rx),
             waiting: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
+            next_run: AtomicU64::new(1),
         })
     }
 
@@ -93,9 +98,13 @@ impl HandlerBridge {
 
 struct BridgeHandler(std::sync::Arc<HandlerBridge>);
 
-#[async_trait]
-impl Handler for BridgeHandler {
-    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+impl BridgeHandler {
+    /// Hands `delivery` out as a job of `run`; the receiver gets its outcome.
+    async fn hand_out(
+        &self,
+        delivery: &Delivery,
+        run: Option<u64>,
+    ) -> Result<oneshot::Receiver<Result<(), HandlerError>>, HandlerError> {
         let bridge = &self.0;
         let token = bridge.next_token.fetch_add(1, Ordering::Relaxed);
         let (reply, outcome) = oneshot::channel();
@@ -109,24 +118,47 @@ impl Handler for BridgeHandler {
             message: delivery.message.clone(),
             attempt: delivery.attempt,
             meta: delivery.meta.clone(),
+            run,
         };
-        let forget = |bridge: &HandlerBridge| {
+        if bridge.jobs_tx.send(job).await.is_err() {
             bridge
                 .waiting
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&token);
-        };
-        if bridge.jobs_tx.send(job).await.is_err() {
-            forget(bridge);
             return Err(HandlerError::retryable("the handler bridge is closed"));
         }
-        match outcome.await {
-            Ok(result) => result,
-            Err(_) => Err(HandlerError::retryable(
-                "the foreign handler dropped the message",
-            )),
+        Ok(outcome)
+    }
+}
+
+async fn outcome_of(
+    outcome: oneshot::Receiver<Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    match outcome.await {
+        Ok(result) => result,
+        Err(_) => Err(HandlerError::retryable(
+            "the foreign handler dropped the message",
+        )),
+    }
+}
+
+#[async_trait]
+impl Handler for BridgeHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        outcome_of(self.hand_out(delivery, None).await?).await
+    }
+
+    /// Hands the whole run out at once under one run id (the foreign side handles its jobs
+    /// one after another, in order).
+    async fn hand_over_run(&self, deliveries: &[&Delivery]) -> Option<Vec<OutcomeFuture>> {
+        let run = self.0.next_run.fetch_add(1, Ordering::Relaxed);
+        let mut outcomes: Vec<OutcomeFuture> = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let handed = self.hand_out(delivery, Some(run)).await;
+            outcomes.push(Box::pin(async move { outcome_of(handed?).await }));
         }
+        Some(outcomes)
     }
 }
 

@@ -8,7 +8,18 @@ __version__: str
 Outgoing = tuple[str, bytes, str, Optional[str], Optional[dict[str, str]], Optional[str]]
 ReceiptTuple = tuple[str, Optional[int], Optional[int], Optional[str], Optional[int], bool]
 Job = tuple[
-    int, str, str, Optional[str], dict[str, str], bytes, str, int, int, Optional[int], Optional[int]
+    int,
+    str,
+    str,
+    Optional[str],
+    dict[str, str],
+    bytes,
+    str,
+    int,
+    int,
+    Optional[int],
+    Optional[int],
+    Optional[int],
 ]
 
 class PolybusError(Exception): ...

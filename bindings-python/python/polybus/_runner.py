@@ -15,9 +15,21 @@ from ._config import default_group, get_broker
 from ._handlers import HandlerSpec, providers
 from ._types import MessageContext
 
-# (token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition, offset)
+# (token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
+#  offset, run): jobs of one run (one key's or partition's queue) are handled in order.
 Job = tuple[
-    int, str, str, Optional[str], dict[str, str], bytes, str, int, int, Optional[int], Optional[int]
+    int,
+    str,
+    str,
+    Optional[str],
+    dict[str, str],
+    bytes,
+    str,
+    int,
+    int,
+    Optional[int],
+    Optional[int],
+    Optional[int],
 ]
 Outcome = tuple[int, Optional[str], Optional[str], bool]
 
@@ -50,6 +62,8 @@ class HandlerRunner:
         self._outcomes: list[Outcome] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # The last task of each run still going: the next job of the run waits for it.
+        self._runs: dict[int, asyncio.Task[None]] = {}
         self._call = _Caller(spec)
 
     async def start(self) -> None:
@@ -105,12 +119,27 @@ class HandlerRunner:
         while self._stopping is None or not self._stopping.done():
             jobs: list[Job] = await native.next_batch(_BATCH, _POLL_SECONDS)
             for job in jobs:
-                task = loop.create_task(self._handle(job))
+                run = job[11]
+                if run is None:
+                    task = loop.create_task(self._handle(job))
+                else:
+                    task = loop.create_task(self._handle_after(self._runs.get(run), job))
+                    self._runs[run] = task
+                    task.add_done_callback(functools.partial(self._run_done, run))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._flush()
+
+    async def _handle_after(self, previous: Optional[asyncio.Task[None]], job: Job) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        await self._handle(job)
+
+    def _run_done(self, run: int, task: asyncio.Task[None]) -> None:
+        if self._runs.get(run) is task:
+            del self._runs[run]
 
     async def _handle(self, job: Job) -> None:
         token = job[0]
@@ -162,7 +191,9 @@ class _Caller:
             )
 
     async def __call__(self, job: Job) -> None:
-        _, topic, msg_id, key, headers, payload, content_type, ts, attempt, partition, offset = job
+        _, topic, msg_id, key, headers, payload, content_type, ts, attempt, partition, offset, _ = (
+            job
+        )
         context = MessageContext(
             msg_id, topic, key, headers, payload, content_type, ts, attempt, partition, offset
         )

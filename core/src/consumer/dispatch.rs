@@ -60,6 +60,19 @@ enum Claim {
     Skip,
 }
 
+/// What became of one handler call: `None` when the consumer stopped before it finished,
+/// `Err` with the panic message when the handler panicked.
+type Outcome = Option<std::result::Result<std::result::Result<(), HandlerError>, String>>;
+
+/// The message of a caught panic.
+fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// A delivery and the concurrency slot it holds until it is settled.
 type Slotted = (Delivery, OwnedSemaphorePermit);
 
@@ -127,19 +140,78 @@ impl Dispatcher {
         }
         let this = self.clone();
         self.tracker.spawn(async move {
-            let mut next = Some((delivery, slot));
-            while let Some((delivery, slot)) = next.take() {
-                this.process(delivery).await;
-                drop(slot);
+            // What queued behind the running delivery goes to the handler as one run, in order.
+            let mut run = vec![(delivery, slot)];
+            loop {
+                let (deliveries, slots): (Vec<Delivery>, Vec<OwnedSemaphorePermit>) =
+                    run.into_iter().unzip();
+                this.process_run(deliveries).await;
+                drop(slots);
                 let mut lanes = this.lanes.lock().unwrap_or_else(|e| e.into_inner());
-                match lanes.get_mut(&key).and_then(VecDeque::pop_front) {
-                    Some(queued) => next = Some(queued),
-                    None => {
+                match lanes.get_mut(&key) {
+                    Some(queued) if !queued.is_empty() => run = queued.drain(..).collect(),
+                    _ => {
                         lanes.remove(&key);
+                        break;
                     }
                 }
             }
         });
+    }
+
+    /// Runs the handler over deliveries that must be handled in order, then settles each by
+    /// its outcome.
+    ///
+    /// A handler that takes runs ([`Handler::hand_over_run`]) gets them in one go; each
+    /// delivery is settled as soon as its own outcome is known, so a stop in the middle gives
+    /// back only what was not handled yet.
+    async fn process_run(&self, deliveries: Vec<Delivery>) {
+        if deliveries.len() == 1 || self.abort.is_cancelled() {
+            for delivery in deliveries {
+                self.process(delivery).await;
+            }
+            return;
+        }
+        let mut claimed = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match self.claim(&delivery).await {
+                Claim::Skip => self.skip_duplicate(delivery).await,
+                claim => claimed.push((delivery, claim)),
+            }
+        }
+        let refs: Vec<&Delivery> = claimed.iter().map(|(d, _)| d).collect();
+        let handed = AssertUnwindSafe(self.handler.hand_over_run(&refs))
+            .catch_unwind()
+            .await;
+        drop(refs);
+        let futures = match handed {
+            Ok(Some(futures)) if futures.len() == claimed.len() => futures,
+            Ok(_) => {
+                // The handler takes one delivery at a time.
+                for (delivery, claim) in claimed {
+                    self.process_claimed(delivery, claim).await;
+                }
+                return;
+            }
+            Err(panic) => {
+                let reason = panic_reason(&*panic);
+                for (delivery, claim) in claimed {
+                    self.settle(delivery, claim, Some(Err(reason.clone())))
+                        .await;
+                }
+                return;
+            }
+        };
+        for ((delivery, claim), future) in claimed.into_iter().zip(futures) {
+            let outcome = tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => None,
+                result = AssertUnwindSafe(future).catch_unwind() => {
+                    Some(result.map_err(|panic| panic_reason(&*panic)))
+                }
+            };
+            self.settle(delivery, claim, outcome).await;
+        }
     }
 
     /// Runs the handler and settles the delivery by its outcome.
@@ -150,20 +222,41 @@ impl Dispatcher {
         }
         let claim = match self.claim(&delivery).await {
             Claim::Skip => {
-                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                if let Err(err) = delivery.ack().await {
-                    self.counters.settle_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %err, "acknowledging a duplicate failed; it comes back");
-                }
+                self.skip_duplicate(delivery).await;
                 return;
             }
             claim => claim,
         };
+        self.process_claimed(delivery, claim).await;
+    }
+
+    /// Runs the handler on a delivery whose dedup claim is taken, and settles it.
+    async fn process_claimed(&self, delivery: Delivery, claim: Claim) {
+        if self.abort.is_cancelled() {
+            self.unclaim(claim).await;
+            self.give_back(delivery).await;
+            return;
+        }
         let outcome = tokio::select! {
             biased;
             _ = self.abort.cancelled() => None,
             result = AssertUnwindSafe(self.handler.handle(&delivery)).catch_unwind() => Some(result),
         };
+        let outcome = outcome.map(|result| result.map_err(|panic| panic_reason(&*panic)));
+        self.settle(delivery, claim, outcome).await;
+    }
+
+    /// Acknowledges a delivery the dedup store says was handled already.
+    async fn skip_duplicate(&self, delivery: Delivery) {
+        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = delivery.ack().await {
+            self.counters.settle_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "acknowledging a duplicate failed; it comes back");
+        }
+    }
+
+    /// Settles a delivery by the handler's outcome (`None`: stopped before it finished).
+    async fn settle(&self, delivery: Delivery, claim: Claim, outcome: Outcome) {
         if !matches!(outcome, Some(Ok(Ok(())))) {
             self.unclaim(claim).await;
         }
@@ -177,12 +270,7 @@ impl Dispatcher {
                 delivery.ack().await
             }
             Some(Ok(Err(err))) => self.fail(delivery, err).await,
-            Some(Err(panic)) => {
-                let reason = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+            Some(Err(reason)) => {
                 let err = HandlerError::retryable(format!("handler panicked: {reason}"))
                     .with_kind("panic");
                 self.fail(delivery, err).await

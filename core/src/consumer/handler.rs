@@ -61,7 +61,20 @@ impl From<crate::Error> for HandlerError {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one delivery. It must not settle the delivery: the runtime does.
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError>;
+
+    /// Hands a run of deliveries over at once: they must be handled one after another, in
+    /// this order (the queue of one key or partition). Returns a future of each one's outcome,
+    /// in order. `None`, the default, makes the runtime call [`handle`](Handler::handle) for
+    /// each in turn instead; a handler in another language takes the run to cross over once.
+    async fn hand_over_run(&self, deliveries: &[&Delivery]) -> Option<Vec<OutcomeFuture>> {
+        let _ = deliveries;
+        None
+    }
 }
+
+/// The outcome of one delivery of a run handed over with [`Handler::hand_over_run`].
+pub type OutcomeFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'static>>;
 
 /// A received message as handed to a closure handler.
 #[derive(Clone, Debug)]

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub use dead_letter::DeadLetter;
 pub use dedup::{Dedup, DedupStore, MemoryDedupStore};
-pub use handler::{FnHandler, Handler, HandlerError, Received, handler_fn};
+pub use handler::{FnHandler, Handler, HandlerError, OutcomeFuture, Received, handler_fn};
 pub use retry::RetryPolicy;
 
 use crate::broker::{SharedBroker, SubscriptionSpec};

@@ -366,7 +366,12 @@ struct Poller {
 
 impl Poller {
     fn run(&mut self) {
+        const MIN_IDLE: Duration = Duration::from_micros(500);
+        const MAX_IDLE: Duration = Duration::from_millis(20);
+        const POLL_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
         let mut last_commit = Instant::now();
+        let mut last_poll = Instant::now();
+        let mut idle = MIN_IDLE;
         loop {
             if self.sink.is_cancelled() {
                 break;
@@ -412,6 +417,18 @@ impl Poller {
             if let Some(next_retry) = next_retry {
                 wait = wait.min(next_retry);
             }
+            if self.backlog.len() >= self.max_backlog {
+                // The consumer is behind: leave what librdkafka fetched ahead in its queue and
+                // wait for room, polling (rebalances, liveness) at least once a second.
+                std::thread::sleep(idle.min(wait));
+                idle = (idle * 2).min(MAX_IDLE);
+                if last_poll.elapsed() < POLL_AT_LEAST_EVERY {
+                    continue;
+                }
+            } else {
+                idle = MIN_IDLE;
+            }
+            last_poll = Instant::now();
             let taken = match self.consumer.poll(wait) {
                 None => None,
                 Some(Ok(record)) => self.take_in(&record),
@@ -588,7 +605,14 @@ impl Poller {
         } else {
             self.held_retries >= self.max_held_retries
         };
-        let topics = self.backlog.len() >= self.max_backlog;
+        // A full backlog only slows polling down (see `run`): librdkafka keeps what it fetched
+        // ahead. Pausing drops that and resuming has to fetch it again, so it is the safety net
+        // for a backlog that keeps growing, with hysteresis.
+        let topics = if self.paused_topics {
+            self.backlog.len() > self.max_backlog
+        } else {
+            self.backlog.len() >= self.max_backlog * 2
+        };
         let retries = topics || self.retries_full;
         if !reassigned && topics == self.paused_topics && retries == self.paused_retries {
             return;
