@@ -3,8 +3,6 @@
 
 mod outage;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use polybus::Message;
@@ -12,17 +10,6 @@ use polybus::Message;
 fn url() -> String {
     std::env::var("POLYBUS_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned())
-}
-
-/// Runs `scripts/broker-rabbitmq.sh <action>` (stop-app / start-app keep the node and its data).
-fn broker_script(action: &str) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/broker-rabbitmq.sh");
-    let status = Command::new("bash")
-        .arg(&script)
-        .arg(action)
-        .status()
-        .expect("running the broker script");
-    assert!(status.success(), "{} {action} failed", script.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,7 +22,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     let during = broker.clone();
     let probe = topic.clone();
     let outage = async move {
-        tokio::task::spawn_blocking(|| broker_script("stop-app"))
+        tokio::task::spawn_blocking(|| outage::broker_script("broker-rabbitmq.sh", "stop-app"))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -45,7 +32,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
             results.iter().all(Result::is_err),
             "a publish during the outage must fail, not vanish"
         );
-        tokio::task::spawn_blocking(|| broker_script("start-app"))
+        tokio::task::spawn_blocking(|| outage::broker_script("broker-rabbitmq.sh", "start-app"))
             .await
             .unwrap();
     };

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import _polybus
 from ._codec import decode
@@ -15,22 +15,11 @@ from ._config import default_group, get_broker
 from ._handlers import HandlerSpec, providers
 from ._types import MessageContext
 
-# (token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
-#  offset, run): jobs of one run (one key's or partition's queue) are handled in order.
-Job = tuple[
-    int,
-    str,
-    str,
-    Optional[str],
-    dict[str, str],
-    bytes,
-    str,
-    int,
-    int,
-    Optional[int],
-    Optional[int],
-    Optional[int],
-]
+if TYPE_CHECKING:
+    # (token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
+    #  offset, run): jobs of one run (one key's or partition's queue) are handled in order.
+    from ._polybus import Job
+
 Outcome = tuple[int, Optional[str], Optional[str], bool]
 
 _BATCH = 256

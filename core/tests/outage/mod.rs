@@ -3,12 +3,29 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use polybus::{
     Consumer, ConsumerOptions, Message, RetryPolicy, SharedBroker, SubscriptionSpec, handler_fn,
 };
+
+/// Runs `scripts/<script> <action>` (the provisioning scripts keep the server's data across
+/// stop and start), failing the test if it fails. (The Redis drill runs a server of its own.)
+#[allow(dead_code)]
+pub fn broker_script(script: &str, action: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(action)
+        .status()
+        .expect("running the broker script");
+    assert!(status.success(), "{} {action} failed", script.display());
+}
 
 /// What one run saw.
 pub struct OutageReport {
