@@ -20,7 +20,7 @@ run_suite() {
 
 CARGO=${CARGO:-cargo}
 VENV=${POLYBUS_VENV:-$HOME/.cache/polybus/venv}
-run_suite rust "$CARGO" test --workspace --all-targets
+run_suite rust "$CARGO" test --workspace --all-targets --no-fail-fast
 run_suite rust-doc "$CARGO" test --workspace --doc
 run_suite python "$VENV/bin/pytest" -q -p no:cacheprovider bindings-python/tests
 run_suite php bindings-php/run-tests.sh

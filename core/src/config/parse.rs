@@ -17,6 +17,7 @@ pub(crate) const AMQP_PARAMS: &[&str] = &[
     "frame_max",
     "exchange",
     "confirm_window",
+    "confirm_timeout_ms",
     "prefetch",
     "queue_type",
     "mandatory",

@@ -92,7 +92,11 @@ where
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let batch: Vec<Message> = pending.drain(..pending.len().min(500)).collect();
-        let results = broker.publish_batch(batch.clone()).await;
+        // A publish must end, one way or the other, even when the server goes away under it.
+        let results =
+            tokio::time::timeout(Duration::from_secs(90), broker.publish_batch(batch.clone()))
+                .await
+                .expect("a publish_batch did not end within 90 s");
         let mut failed = 0;
         for (message, result) in batch.into_iter().zip(results) {
             if result.is_err() {
@@ -105,10 +109,13 @@ where
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    outage_task
-        .expect("the outage happened")
-        .await
-        .expect("the outage task");
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        outage_task.expect("the outage happened"),
+    )
+    .await
+    .expect("the outage did not end within 120 s")
+    .expect("the outage task");
     let deadline = Instant::now() + Duration::from_secs(180);
     while !ids.iter().all(|id| seen.lock().unwrap().contains(id)) {
         assert!(
@@ -118,7 +125,10 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let report = consumer.stop().await.expect("stopping the consumer");
+    let report = tokio::time::timeout(Duration::from_secs(60), consumer.stop())
+        .await
+        .expect("stopping the consumer took over 60 s")
+        .expect("stopping the consumer");
     assert_eq!(seen.lock().unwrap().intersection(&ids).count(), total);
     OutageReport {
         publish_retries,

@@ -116,16 +116,36 @@ async fn consume_once(
         }
     };
     sink.set_ready(false);
+    // Bounded: on a connection that died under it, lapin may never answer (the broker hands
+    // the messages back when the connection goes anyway).
     if matches!(ended, Ended::Closed) {
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        let _ = tokio::time::timeout(
+            CHANNEL_OP_TIMEOUT,
+            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await;
     }
     // Closing the channel hands every unacknowledged message back to the queue.
-    let _ = channel
-        .close(200, "polybus subscription closed".into())
-        .await;
+    let _ = tokio::time::timeout(
+        CHANNEL_OP_TIMEOUT,
+        channel.close(200, "polybus subscription closed".into()),
+    )
+    .await;
     Ok(ended)
+}
+
+/// The longest wait for an acknowledgement or a channel operation. Past it the channel is
+/// taken for lost: the broker delivers the message again (at-least-once), and a stop never hangs
+/// on a connection that died under it.
+const CHANNEL_OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An acknowledgement that gives up after [`CHANNEL_OP_TIMEOUT`] (as "not delivered": `false`).
+async fn bounded(
+    settle: impl std::future::Future<Output = std::result::Result<bool, lapin::Error>>,
+) -> std::result::Result<bool, lapin::Error> {
+    tokio::time::timeout(CHANNEL_OP_TIMEOUT, settle)
+        .await
+        .unwrap_or(Ok(false))
 }
 
 /// Settles one AMQP delivery. A nack republishes the message with the attempt raised (after a
@@ -160,25 +180,21 @@ impl Acknowledger for AmqpAcker {
     async fn settle(self: Box<Self>, outcome: Settlement, message: Message) -> Result<()> {
         match outcome {
             Settlement::Ack => {
-                let result = self.acker.ack(BasicAckOptions::default()).await;
+                let result = bounded(self.acker.ack(BasicAckOptions::default())).await;
                 self.check(result)
             }
             Settlement::Reject => {
-                let result = self
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await;
+                let result =
+                    bounded(self.acker.reject(BasicRejectOptions { requeue: false })).await;
                 self.check(result)
             }
             Settlement::Release => {
                 // A closed channel hands the message back on its own.
-                let _ = self
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
+                let _ = bounded(self.acker.nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                }))
+                .await;
                 Ok(())
             }
             Settlement::Requeue { delay } => {
@@ -189,18 +205,16 @@ impl Acknowledger for AmqpAcker {
                     .await
                 {
                     Ok(()) => {
-                        let result = self.acker.ack(BasicAckOptions::default()).await;
+                        let result = bounded(self.acker.ack(BasicAckOptions::default())).await;
                         self.check(result)
                     }
                     Err(err) => {
                         // Not lost: give it back as it is.
-                        let _ = self
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                multiple: false,
-                            })
-                            .await;
+                        let _ = bounded(self.acker.nack(BasicNackOptions {
+                            requeue: true,
+                            multiple: false,
+                        }))
+                        .await;
                         Err(err)
                     }
                 }

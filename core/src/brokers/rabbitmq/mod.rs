@@ -71,6 +71,10 @@ pub(crate) struct Shared {
     exchange: String,
     mandatory: bool,
     confirm_window: usize,
+    /// The longest wait for a publish's confirmation (`confirm_timeout_ms`, default 30000):
+    /// past it the publish fails with a timeout and the caller publishes it again (a
+    /// connection lost mid-confirm may otherwise leave the confirmation pending).
+    confirm_timeout: Duration,
     queue_type: QueueType,
     prefetch: Option<u16>,
     publish_link: Link,
@@ -136,6 +140,9 @@ impl RabbitMqBroker {
                 exchange,
                 mandatory,
                 confirm_window: parse("confirm_window")?.unwrap_or(1000).max(1) as usize,
+                confirm_timeout: Duration::from_millis(
+                    parse("confirm_timeout_ms")?.unwrap_or(30_000).max(1),
+                ),
                 queue_type,
                 prefetch: parse("prefetch")?.map(|p| p.clamp(1, u16::MAX as u64) as u16),
                 publish_link: Link::new(
@@ -323,7 +330,13 @@ impl Shared {
 
     /// Waits for one confirmation; a nack or a returned (unroutable) message is an error.
     async fn confirmed(&self, confirm: PublisherConfirm, routing_key: &str) -> Result<()> {
-        match confirm.await.map_err(|err| self.publish_link.error(err))? {
+        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
+            .await
+            .map_err(|_| Error::Timeout {
+                operation: format!("the broker's confirmation of a message to {routing_key:?}"),
+                after: self.confirm_timeout,
+            })?;
+        match confirmation.map_err(|err| self.publish_link.error(err))? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => Err(Error::Broker {
                 backend: "rabbitmq",
