@@ -178,13 +178,16 @@ class _Caller:
                 f"handler {spec.name} needs {', '.join(missing)}: "
                 "register them with polybus.provide(name, value)"
             )
+        # The common cases (no parameter but the message, or only the context) skip resolving
+        # providers per message.
+        self.context_names = [
+            p.name for p in self.extra if p.name == "context" or p.annotation is MessageContext
+        ]
+        self.resolves = len(self.context_names) < len(self.extra)
 
     async def __call__(self, job: Job) -> None:
         _, topic, msg_id, key, headers, payload, content_type, ts, attempt, partition, offset, _ = (
             job
-        )
-        context = MessageContext(
-            msg_id, topic, key, headers, payload, content_type, ts, attempt, partition, offset
         )
         try:
             body: Any = decode(payload, content_type)
@@ -192,12 +195,24 @@ class _Caller:
             raise _Validation(f"payload is not valid {content_type}: {err}") from err
         if self.spec.schema is not None:
             body = _validate(self.spec.schema, body)
+        if not self.resolves and not self.context_names:
+            await self._invoke(body, {})
+            return
+        context = MessageContext(
+            msg_id, topic, key, headers, payload, content_type, ts, attempt, partition, offset
+        )
+        if not self.resolves:
+            await self._invoke(body, dict.fromkeys(self.context_names, context))
+            return
         async with _resolved(self.extra, context) as kwargs:
-            if self.is_async:
-                await self.spec.func(body, **kwargs)
-            else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, functools.partial(self.spec.func, body, **kwargs))
+            await self._invoke(body, kwargs)
+
+    async def _invoke(self, body: Any, kwargs: dict[str, Any]) -> None:
+        if self.is_async:
+            await self.spec.func(body, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, functools.partial(self.spec.func, body, **kwargs))
 
 
 def _validate(schema: type, body: Any) -> Any:
