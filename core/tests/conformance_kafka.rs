@@ -5,13 +5,8 @@ mod conformance;
 
 use polybus::SharedBroker;
 
-fn kafka_url() -> String {
-    std::env::var("POLYBUS_TEST_KAFKA_URL")
-        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?polybus.topic.partitions=4".to_owned())
-}
-
 async fn kafka() -> SharedBroker {
-    polybus::connect_url(&kafka_url())
+    polybus::connect_url(&conformance::common::kafka_url())
         .await
         .unwrap_or_else(|err| panic!("connecting to the test Kafka broker: {err}"))
 }

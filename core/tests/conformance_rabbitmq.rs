@@ -6,9 +6,7 @@ mod conformance;
 use polybus::SharedBroker;
 
 async fn rabbitmq() -> SharedBroker {
-    let url = std::env::var("POLYBUS_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned());
-    polybus::connect_url(&url)
+    polybus::connect_url(&conformance::common::amqp_url())
         .await
         .unwrap_or_else(|err| panic!("connecting to the test RabbitMQ server: {err}"))
 }

@@ -6,7 +6,7 @@ mod conformance;
 use polybus::SharedBroker;
 
 async fn redis() -> SharedBroker {
-    polybus::connect_url(&conformance::support::redis_url("pubsub"))
+    polybus::connect_url(&conformance::common::redis_url("pubsub"))
         .await
         .unwrap_or_else(|err| panic!("connecting to the test Redis server: {err}"))
 }

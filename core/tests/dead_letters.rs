@@ -4,11 +4,14 @@
 //! `POLYBUS_TEST_REDIS_URL` point elsewhere). One scenario runs on each; pub/sub and the null
 //! broker must say they cannot.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{amqp_url, init_tracing, kafka_url, redis_url, unique};
 use polybus::brokers::memory::MemoryBroker;
 use polybus::config::MemoryConfig;
 use polybus::{
@@ -19,48 +22,10 @@ use polybus::{
 /// Upper bound of any wait: a test never hangs.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn unique(name: &str) -> String {
-    let id = polybus::message::new_message_id().replace('-', "");
-    format!("polybus-test.{name}.{}", &id[20..])
-}
-
-fn kafka_url() -> String {
-    std::env::var("POLYBUS_TEST_KAFKA_URL")
-        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?polybus.topic.partitions=4".to_owned())
-}
-
-fn amqp_url() -> String {
-    std::env::var("POLYBUS_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned())
-}
-
-fn redis_url(mode: &str) -> String {
-    let base = std::env::var("POLYBUS_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
-    let (address, query) = base.split_once('?').unwrap_or((&base, ""));
-    let mut params: Vec<String> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
-        .map(str::to_owned)
-        .collect();
-    params.push(format!("mode={mode}"));
-    format!("{address}?{}", params.join("&"))
-}
-
 async fn connect(url: &str) -> SharedBroker {
     polybus::connect_url(url)
         .await
         .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 /// Waits until `check` holds, or panics naming `what` and the last value seen.

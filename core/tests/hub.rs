@@ -1,31 +1,17 @@
 //! The hub against the real brokers `make test` starts: tasks to RabbitMQ, events to Kafka,
 //! replay of events from a timestamp, and the clear refusal to replay where there is no history.
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::{amqp_url, kafka_url, unique};
 use polybus::failover::FailoverOptions;
 use polybus::hub::{Hub, HubConfig};
 use polybus::{Error, Message, Subscription, SubscriptionSpec};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn amqp_url() -> String {
-    std::env::var("POLYBUS_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned())
-}
-
-fn kafka_url() -> String {
-    std::env::var("POLYBUS_TEST_KAFKA_URL")
-        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?polybus.topic.partitions=3".to_owned())
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "polybus-hub.{name}.{}",
-        &polybus::message::new_message_id()[24..]
-    )
-}
 
 /// Takes deliveries (acknowledging them) until `count` arrived, then checks nothing follows.
 async fn take(subscription: &mut Subscription, count: usize) -> Vec<Message> {

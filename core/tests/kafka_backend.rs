@@ -2,10 +2,13 @@
 //! partition sharing, hand-over without loss, redelivery after restart, order at volume, and
 //! the wire format as plain Kafka clients see it.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{kafka_url, unique};
 use polybus::{
     Consumer, ConsumerOptions, HandlerError, Message, RetryPolicy, SharedBroker, SubscriptionSpec,
     handler_fn,
@@ -17,26 +20,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn url() -> String {
-    std::env::var("POLYBUS_TEST_KAFKA_URL")
-        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?polybus.topic.partitions=4".to_owned())
-}
-
 fn bootstrap() -> String {
     std::env::var("POLYBUS_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 async fn broker() -> SharedBroker {
-    polybus::connect_url(&url())
+    polybus::connect_url(&kafka_url())
         .await
         .expect("test Kafka broker")
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "polybus-kafka.{name}.{}",
-        &polybus::message::new_message_id()[24..]
-    )
 }
 
 fn options() -> ConsumerOptions {

@@ -1,18 +1,15 @@
 //! Kafka stopped and started while messages are in flight: every message is delivered at least
 //! once, counted. Its own test binary, since it takes the shared test server away for a while.
 
+mod common;
 mod outage;
 
+use common::kafka_url;
 use std::time::Duration;
-
-fn url() -> String {
-    std::env::var("POLYBUS_TEST_KAFKA_URL")
-        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?polybus.topic.partitions=4".to_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_mid_stream_loses_nothing() {
-    let broker = polybus::connect_url(&url()).await.unwrap();
+    let broker = polybus::connect_url(&kafka_url()).await.unwrap();
     let topic = format!(
         "polybus-kafka.outage.{}",
         &polybus::message::new_message_id()[24..]

@@ -3,10 +3,13 @@
 //! survives a crash with its attempt count, and exhausted retries still dead-letter with the
 //! original record's coordinates.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{kafka_url, unique};
 use polybus::message::now_ms;
 use polybus::{
     Consumer, ConsumerOptions, Delivery, HandlerError, Message, RetryPolicy, SharedBroker,
@@ -22,15 +25,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Set in the child process of the crash test: the topic and group it consumes.
 const CRASH_CHILD_ENV: &str = "POLYBUS_KAFKA_RETRY_CRASH_CHILD";
 
-fn url() -> String {
-    std::env::var("POLYBUS_TEST_KAFKA_URL")
-        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?polybus.topic.partitions=4".to_owned())
-}
-
 /// The test URL with short group sessions, so a member that died without leaving the group
 /// is replaced within seconds.
 fn short_session_url() -> String {
-    let url = url();
+    let url = kafka_url();
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}session.timeout.ms=6000&heartbeat.interval.ms=1000")
 }
@@ -40,16 +38,9 @@ fn bootstrap() -> String {
 }
 
 async fn broker() -> SharedBroker {
-    polybus::connect_url(&url())
+    polybus::connect_url(&kafka_url())
         .await
         .expect("test Kafka broker")
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "polybus-kretry.{name}.{}",
-        &polybus::message::new_message_id()[24..]
-    )
 }
 
 async fn recv(sub: &mut Subscription, what: &str) -> Delivery {

@@ -1,9 +1,12 @@
 //! RabbitMQ-specific behaviour against the real server `make test` starts on 127.0.0.1:5672:
 //! routing through each exchange type, topic wildcards, dead-lettering, unroutable messages.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::{amqp_url, unique};
 use polybus::brokers::rabbitmq::{
     BindingSpec, ExchangeSpec, ExchangeType, QueueSpec, RabbitMqBroker, Topology,
 };
@@ -12,24 +15,12 @@ use polybus::{Message, Publisher, Subscriber, Subscription, SubscriptionSpec};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn url() -> String {
-    std::env::var("POLYBUS_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned())
-}
-
 fn broker_with(query: &str) -> RabbitMqBroker {
-    let url = format!("{}{query}", url());
+    let url = format!("{}{query}", amqp_url());
     match BrokerConfig::parse(&url).unwrap() {
         BrokerConfig::RabbitMq(config) => RabbitMqBroker::new(&config).unwrap(),
         other => panic!("not an AMQP URL: {other}"),
     }
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "polybus-rabbit.{name}.{}",
-        &polybus::message::new_message_id()[24..]
-    )
 }
 
 async fn next_payload(sub: &mut Subscription) -> String {
@@ -272,7 +263,7 @@ async fn an_unreachable_server_is_a_connection_error_without_the_password() {
 async fn a_dead_letter_topic_is_read_by_a_group_named_after_it() {
     use polybus::{Consumer, ConsumerOptions, HandlerError, RetryPolicy, handler_fn};
     use std::sync::Arc;
-    let broker = polybus::connect_url(&url()).await.unwrap();
+    let broker = polybus::connect_url(&amqp_url()).await.unwrap();
     let topic = unique("dlq-group");
     let dead = format!("{topic}.dlq");
     let failing = handler_fn(|_| async { Err(HandlerError::permanent("bad input")) });

@@ -1,20 +1,17 @@
 //! RabbitMQ stopped and started while 10,000 messages are in flight: every message is
 //! delivered at least once, counted. Its own test binary, since it takes the server away.
 
+mod common;
 mod outage;
 
+use common::amqp_url;
 use std::time::Duration;
 
 use polybus::Message;
 
-fn url() -> String {
-    std::env::var("POLYBUS_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/".to_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_mid_stream_loses_nothing() {
-    let broker = polybus::connect_url(&url()).await.unwrap();
+    let broker = polybus::connect_url(&amqp_url()).await.unwrap();
     let topic = format!(
         "polybus-rabbit.outage.{}",
         &polybus::message::new_message_id()[24..]

@@ -3,6 +3,8 @@
 //! plain clients on both sides of the wire, pub/sub fan-out, pipelined batches, reconnection
 //! and prompt shutdown. Every scenario uses keys of its own and is bounded in time.
 
+mod common;
+use common::unique;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -39,13 +41,6 @@ async fn plain() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("plain redis connection")
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "polybus-redis.{name}.{}",
-        &polybus::message::new_message_id()[24..]
-    )
 }
 
 async fn recv(sub: &mut Subscription, what: &str) -> Delivery {

@@ -70,40 +70,85 @@ def message_handler(
     ``dedup_ttl`` seconds is acknowledged without calling it again (``True`` or ``"memory"``
     remembers ids in this process; a ``redis://`` URL shares them between processes). The
     retry, dead-letter and dedup logic runs in the engine."""
+    options: dict[str, Any] = dict(
+        max_retries=max_retries,
+        retry_delay=retry_delay,
+        retry_backoff=retry_backoff,
+        max_retry_delay=max_retry_delay,
+        jitter=jitter,
+        schema=schema,
+        group=group,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        dead_letter=dead_letter,
+        start=start,
+        dedup=dedup,
+        dedup_ttl=dedup_ttl,
+    )
+    # Bad options fail here, where the decorator is written, not when a function is given.
+    handler_spec(_check_only, topic, **options)
+
+    def register(func: HandlerFunc) -> HandlerFunc:
+        _registry.append(handler_spec(func, topic, **options))
+        return func
+
+    return register
+
+
+def _check_only(message: Any) -> None:
+    """Stands in for the function while ``message_handler`` checks its options."""
+
+
+def handler_spec(
+    func: HandlerFunc,
+    topic: Union[str, Sequence[str]],
+    *,
+    group: Optional[str] = None,
+    max_retries: int = 0,
+    retry_delay: float = 1.0,
+    retry_backoff: float = 2.0,
+    max_retry_delay: float = 300.0,
+    jitter: float = 0.1,
+    schema: Optional[type] = None,
+    concurrency: int = 10,
+    prefetch: int = 100,
+    dead_letter: Optional[str] = None,
+    start: str = "earliest",
+    dedup: Union[bool, str, None] = None,
+    dedup_ttl: float = 86400.0,
+) -> HandlerSpec:
+    """How ``func`` consumes ``topic``, with the options (those of :func:`message_handler`)
+    checked: what ``@message_handler``, ``Hub`` and the manual consumers build on."""
     topics = (topic,) if isinstance(topic, str) else tuple(topic)
     if not topics or not all(isinstance(t, str) and t for t in topics):
         raise ValueError(f"topic must be a non-empty string or list of strings, got {topic!r}")
     if max_retries < 0 or concurrency < 1 or prefetch < 1:
         raise ValueError("max_retries must be >= 0, concurrency and prefetch >= 1")
-    dedup_store = dedup_spec(dedup, dedup_ttl)
+    if not callable(func):
+        raise TypeError(f"@message_handler needs a function, got {func!r}")
+    if not inspect.signature(func).parameters:
+        raise TypeError(f"{func.__qualname__} must take the message as its first parameter")
+    return HandlerSpec(
+        func=func,
+        topics=topics,
+        group=group,
+        max_retries=max_retries,
+        retry_delay=retry_delay,
+        retry_backoff=retry_backoff,
+        max_retry_delay=max_retry_delay,
+        jitter=jitter,
+        schema=schema,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        dead_letter=dead_letter,
+        start=start,
+        dedup=dedup_spec(dedup, dedup_ttl),
+        dedup_ttl=dedup_ttl,
+    )
 
-    def register(func: HandlerFunc) -> HandlerFunc:
-        if not callable(func):
-            raise TypeError(f"@message_handler needs a function, got {func!r}")
-        if not inspect.signature(func).parameters:
-            raise TypeError(f"{func.__qualname__} must take the message as its first parameter")
-        _registry.append(
-            HandlerSpec(
-                func=func,
-                topics=topics,
-                group=group,
-                max_retries=max_retries,
-                retry_delay=retry_delay,
-                retry_backoff=retry_backoff,
-                max_retry_delay=max_retry_delay,
-                jitter=jitter,
-                schema=schema,
-                concurrency=concurrency,
-                prefetch=prefetch,
-                dead_letter=dead_letter,
-                start=start,
-                dedup=dedup_store,
-                dedup_ttl=dedup_ttl,
-            )
-        )
-        return func
 
-    return register
+HANDLER_OPTIONS = frozenset(inspect.signature(handler_spec).parameters) - {"func", "topic"}
+"""The options :func:`handler_spec` takes besides the function and the topic."""
 
 
 def dedup_spec(dedup: Union[bool, str, None], ttl: float) -> Optional[str]:

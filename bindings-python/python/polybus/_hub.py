@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import _polybus
 from ._config import _option
-from ._handlers import HandlerSpec, dedup_spec
+from ._handlers import HANDLER_OPTIONS, handler_spec
 from ._producer import Producer
 from ._runner import HandlerRunner
 from ._types import FailoverStatus, Receipt
@@ -122,32 +122,12 @@ class Hub:
         handler: Callable[..., Any],
         options: dict[str, Any],
     ) -> HandlerRunner:
-        topics = (topic,) if isinstance(topic, str) else tuple(topic)
-        dedup = options.pop("dedup", None)
-        dedup_ttl = float(options.pop("dedup_ttl", 86400.0))
-        group = (
-            options.pop("group", None)
-            or f"{self._group}.{handler.__module__}.{handler.__qualname__}"
-        )
-        spec = HandlerSpec(
-            func=handler,
-            topics=topics,
-            group=group,
-            max_retries=int(options.pop("max_retries", 0)),
-            retry_delay=float(options.pop("retry_delay", 1.0)),
-            retry_backoff=float(options.pop("retry_backoff", 2.0)),
-            max_retry_delay=float(options.pop("max_retry_delay", 300.0)),
-            jitter=float(options.pop("jitter", 0.1)),
-            schema=options.pop("schema", None),
-            concurrency=int(options.pop("concurrency", 10)),
-            prefetch=int(options.pop("prefetch", 100)),
-            dead_letter=options.pop("dead_letter", None),
-            start=str(options.pop("start", "earliest")),
-            dedup=dedup_spec(dedup, dedup_ttl),
-            dedup_ttl=dedup_ttl,
-        )
-        if options:
-            raise TypeError(f"unknown handler options: {', '.join(sorted(options))}")
+        unknown = set(options) - HANDLER_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown handler options: {', '.join(sorted(unknown))}")
+        name = f"{handler.__module__}.{handler.__qualname__}"
+        group = options.pop("group", None) or f"{self._group}.{name}"
+        spec = handler_spec(handler, topic, group=group, **options)
         runner = HandlerRunner(spec, broker, group=group)
         await runner.start()
         self._runners.append(runner)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import _polybus
 from ._config import _option
-from ._handlers import HandlerSpec, dedup_spec
+from ._handlers import handler_spec
 from ._runner import HandlerRunner
 
 
@@ -43,21 +43,19 @@ class ManualConsumer:
             bootstrap_servers=bootstrap_servers,
             options={k: _option(v) for k, v in options.items()},
         )
-        self._spec = HandlerSpec(
-            func=message_handler,
-            topics=tuple(topics),
+        self._spec = handler_spec(
+            message_handler,
+            tuple(topics),
             group=group_id,
             max_retries=max_retries,
             retry_delay=retry_delay,
             retry_backoff=retry_backoff,
-            max_retry_delay=300.0,
-            jitter=0.1,
             schema=schema,
             concurrency=concurrency,
             prefetch=prefetch,
             dead_letter=dead_letter,
             start=start,
-            dedup=dedup_spec(dedup, dedup_ttl),
+            dedup=dedup,
             dedup_ttl=dedup_ttl,
         )
         self._runner: Optional[HandlerRunner] = None

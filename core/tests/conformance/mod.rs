@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+pub mod common;
 pub mod scenarios;
 pub mod support;
 

@@ -9,40 +9,7 @@ use polybus::{Capabilities, Delivery, SharedBroker, Subscription};
 /// Upper bound of any single wait in the suite: a scenario never hangs.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A topic name no other test uses.
-pub fn unique(name: &str) -> String {
-    format!("polybus-test.{name}.{}", uuid_suffix())
-}
-
-fn uuid_suffix() -> String {
-    polybus::message::new_message_id().replace('-', "")[20..].to_owned()
-}
-
-/// The test Redis server's URL in `mode` (`POLYBUS_TEST_REDIS_URL` overrides the server; its
-/// own `mode` is replaced).
-pub fn redis_url(mode: &str) -> String {
-    let base = std::env::var("POLYBUS_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
-    let (address, query) = base.split_once('?').unwrap_or((&base, ""));
-    let mut params: Vec<String> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
-        .map(str::to_owned)
-        .collect();
-    params.push(format!("mode={mode}"));
-    format!("{address}?{}", params.join("&"))
-}
-
-/// Installs a log subscriber once (RUST_LOG controls it).
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use super::common::{init_tracing, unique};
 
 /// Returns false (and says why) when the backend lacks what a scenario needs.
 pub fn requires(broker: &SharedBroker, what: &str, check: impl Fn(&Capabilities) -> bool) -> bool {
