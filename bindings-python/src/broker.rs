@@ -16,6 +16,7 @@ use pyo3::types::{PyDict, PyList};
 use crate::consumer::{ConsumerSettings, NativeConsumer};
 use crate::dead_letters::{Records, report};
 use crate::errors::to_py;
+use crate::receipt::Receipt;
 
 /// A message to publish, as Python hands it over: topic, payload, content type, key, headers, id.
 pub type Outgoing = (
@@ -26,27 +27,6 @@ pub type Outgoing = (
     Option<HashMap<String, String>>,
     Option<String>,
 );
-
-/// A publish receipt as a tuple: id, partition, offset, stream id, receivers, spooled.
-pub type ReceiptTuple = (
-    String,
-    Option<i32>,
-    Option<i64>,
-    Option<String>,
-    Option<u64>,
-    bool,
-);
-
-fn receipt_tuple(r: PublishReceipt) -> ReceiptTuple {
-    (
-        r.id,
-        r.partition,
-        r.offset,
-        r.stream_id,
-        r.receivers,
-        r.spooled,
-    )
-}
 
 /// Builds and checks a message from what Python handed over.
 pub fn message(
@@ -64,7 +44,7 @@ pub fn message(
     Ok(message)
 }
 
-/// Results of a batch: a receipt tuple, or the exception instance, per message.
+/// Results of a batch: a receipt, or the exception instance, per message.
 pub struct BatchResults(Vec<polybus::Result<PublishReceipt>>);
 
 impl<'py> IntoPyObject<'py> for BatchResults {
@@ -76,7 +56,7 @@ impl<'py> IntoPyObject<'py> for BatchResults {
         let list = PyList::empty(py);
         for result in self.0 {
             match result {
-                Ok(receipt) => list.append(receipt_tuple(receipt))?,
+                Ok(receipt) => list.append(Receipt::from(receipt))?,
                 Err(err) => list.append(to_py(err).into_value(py))?,
             }
         }
@@ -234,20 +214,19 @@ impl Broker {
         Ok(dict)
     }
 
-    /// Publishes one message; the awaitable resolves with the receipt tuple.
-    fn publish<'py>(&self, py: Python<'py>, outgoing: Outgoing) -> PyResult<Bound<'py, PyAny>> {
+    /// Publishes one message; `future` (an `asyncio.Future` of the running loop) resolves with
+    /// its receipt. The publishes of one loop tick reach the engine together, as one batch.
+    fn publish(
+        &self,
+        py: Python<'_>,
+        outgoing: Outgoing,
+        future: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let message = message(outgoing).map_err(to_py)?;
-        let broker = self.inner.clone();
-        crate::runtime::future_into_py(py, async move {
-            broker
-                .publish(message)
-                .await
-                .map(receipt_tuple)
-                .map_err(to_py)
-        })
+        crate::completion::publish_at_end_of_tick(py, self.inner.clone(), message, future)
     }
 
-    /// Publishes many messages pipelined; resolves with a receipt tuple or an exception each.
+    /// Publishes many messages pipelined; resolves with a receipt or an exception each.
     fn publish_batch<'py>(
         &self,
         py: Python<'py>,
@@ -262,7 +241,7 @@ impl Broker {
             }
         }
         let broker = self.inner.clone();
-        crate::runtime::future_into_py(py, async move {
+        crate::completion::spawn(py, async move {
             let mut results: Vec<polybus::Result<PublishReceipt>> =
                 broker.publish_batch(messages).await;
             for (index, err) in invalid {
@@ -273,12 +252,12 @@ impl Broker {
     }
 
     /// Publishes one message and waits for the broker, without holding the GIL.
-    fn publish_blocking(&self, py: Python<'_>, outgoing: Outgoing) -> PyResult<ReceiptTuple> {
+    fn publish_blocking(&self, py: Python<'_>, outgoing: Outgoing) -> PyResult<Receipt> {
         let message = message(outgoing).map_err(to_py)?;
         let broker = self.inner.clone();
         let runtime = crate::runtime::get();
         py.detach(|| runtime.block_on(broker.publish(message)))
-            .map(receipt_tuple)
+            .map(Receipt::from)
             .map_err(to_py)
     }
 
@@ -287,7 +266,7 @@ impl Broker {
     fn flush<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
         let broker = self.inner.clone();
         let timeout = Duration::from_secs_f64(timeout.max(0.0));
-        crate::runtime::future_into_py(
+        crate::completion::spawn(
             py,
             async move { broker.flush(timeout).await.map_err(to_py) },
         )
@@ -296,7 +275,7 @@ impl Broker {
     /// Flushes and closes the connection.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let broker = self.inner.clone();
-        crate::runtime::future_into_py(py, async move { broker.close().await.map_err(to_py) })
+        crate::completion::spawn(py, async move { broker.close().await.map_err(to_py) })
     }
 
     /// Flushes and closes, blocking (for `atexit` and synchronous code).
@@ -314,7 +293,7 @@ impl Broker {
         settings: ConsumerSettings,
     ) -> PyResult<Bound<'py, PyAny>> {
         let broker = self.inner.clone();
-        crate::runtime::future_into_py(
+        crate::completion::spawn(
             py,
             async move { NativeConsumer::start(broker, settings).await },
         )
@@ -327,7 +306,7 @@ impl Broker {
         dlq_topic: String,
     ) -> PyResult<Bound<'py, PyAny>> {
         let dead = DeadLetters::new(self.inner.clone());
-        crate::runtime::future_into_py(
+        crate::completion::spawn(
             py,
             async move { dead.count(&dlq_topic).await.map_err(to_py) },
         )
@@ -341,7 +320,7 @@ impl Broker {
         limit: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let dead = DeadLetters::new(self.inner.clone());
-        crate::runtime::future_into_py(py, async move {
+        crate::completion::spawn(py, async move {
             dead.list(&dlq_topic, limit)
                 .await
                 .map(Records)
@@ -360,7 +339,7 @@ impl Broker {
     ) -> PyResult<Bound<'py, PyAny>> {
         let dead = DeadLetters::new(self.inner.clone());
         let options = RedriveOptions { limit, to };
-        crate::runtime::future_into_py(py, async move {
+        crate::completion::spawn(py, async move {
             dead.redrive(&dlq_topic, options)
                 .await
                 .map(report)

@@ -11,6 +11,7 @@ use polybus::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::completion::Ready;
 use crate::errors::to_py;
 
 /// Consumer settings as Python hands them over: a dict with these keys.
@@ -20,6 +21,8 @@ pub struct ConsumerSettings {
     topics: Vec<String>,
     group: String,
     concurrency: usize,
+    /// Jobs handed to Python at once (at least `concurrency`): the engine's concurrency.
+    in_flight: usize,
     prefetch: usize,
     start: String,
     max_retries: Option<u32>,
@@ -64,16 +67,15 @@ impl ConsumerSettings {
 /// A batch of jobs as a list of tuples:
 /// `(token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
 /// offset, run)`: jobs with the same `run` id are handled one after another, in order.
-pub struct JobBatch(Vec<Job>);
+pub struct JobBatch {
+    jobs: Vec<Job>,
+    bridge: Arc<HandlerBridge>,
+}
 
-impl<'py> IntoPyObject<'py> for JobBatch {
-    type Target = PyList;
-    type Output = Bound<'py, PyList>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+impl Ready for JobBatch {
+    fn into_value(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let list = PyList::empty(py);
-        for job in self.0 {
+        for job in self.jobs {
             let m = job.message;
             let headers = PyDict::new(py);
             for (name, value) in m.headers {
@@ -98,7 +100,20 @@ impl<'py> IntoPyObject<'py> for JobBatch {
             )?;
             list.append(item)?;
         }
-        Ok(list)
+        Ok(list.into_any().unbind())
+    }
+
+    /// Nobody awaits the batch any more (the pump was cancelled): its jobs go back to the
+    /// consumer's retry policy rather than waiting for outcomes that never come.
+    fn abandon(self: Box<Self>) {
+        self.bridge.complete(self.jobs.into_iter().map(|job| {
+            (
+                job.token,
+                Err(HandlerError::retryable(
+                    "the consumer's pump was cancelled before handling the message",
+                )),
+            )
+        }));
     }
 }
 
@@ -145,10 +160,10 @@ impl NativeConsumer {
         settings: ConsumerSettings,
     ) -> PyResult<NativeConsumer> {
         let spec = SubscriptionSpec::new(settings.topics.clone(), settings.group.clone())
-            .with_concurrency(settings.concurrency)
+            .with_concurrency(settings.in_flight.max(settings.concurrency))
             .with_prefetch(settings.prefetch)
             .with_start(settings.start.parse::<StartPosition>().map_err(to_py)?);
-        let bridge = HandlerBridge::new(settings.concurrency.max(1));
+        let bridge = HandlerBridge::new(settings.in_flight.max(settings.concurrency).max(1));
         let consumer = Consumer::start(broker, spec, bridge.handler(), settings.options().await?)
             .await
             .map_err(to_py)?;
@@ -172,8 +187,9 @@ impl NativeConsumer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let bridge = self.bridge.clone();
         let wait = Duration::from_secs_f64(wait.max(0.0));
-        crate::runtime::future_into_py(py, async move {
-            Ok(JobBatch(bridge.next_batch(max, wait).await))
+        crate::completion::spawn_with(py, async move {
+            let jobs = bridge.next_batch(max, wait).await;
+            JobBatch { jobs, bridge }
         })
     }
 
@@ -201,14 +217,17 @@ impl NativeConsumer {
     fn wait_ready<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
         let mut ready = self.ready.clone();
         let timeout = Duration::from_secs_f64(timeout.max(0.0));
-        crate::runtime::future_into_py(py, async move { ready.wait(timeout).await.map_err(to_py) })
+        crate::completion::spawn_cancellable(
+            py,
+            async move { ready.wait(timeout).await.map_err(to_py) },
+        )
     }
 
     /// Stops fetching, drains in-flight messages (keep completing them meanwhile), closes.
     fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let consumer = self.consumer.clone();
         let stats = self.stats.clone();
-        crate::runtime::future_into_py(py, async move {
+        crate::completion::spawn(py, async move {
             let Some(running) = consumer.lock().await.take() else {
                 return Ok(Stats(*stats.lock().unwrap_or_else(|e| e.into_inner())));
             };

@@ -3,9 +3,11 @@
 //! the `polybus` crate. Messages cross the GIL in batches and no wait holds the GIL.
 
 mod broker;
+mod completion;
 mod consumer;
 mod dead_letters;
 mod errors;
+mod receipt;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -16,6 +18,7 @@ fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<broker::Broker>()?;
     m.add_class::<consumer::NativeConsumer>()?;
+    m.add_class::<receipt::Receipt>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -103,6 +103,85 @@ def test_one_handler_reads_several_topics_and_sync_handlers_run_in_threads(
     assert sorted(seen) == sorted([topic, other])
 
 
+def test_concurrent_sends_of_one_key_arrive_in_order_and_handlers_keep_it(
+    broker_url: str, topic: str
+) -> None:
+    seen: list[int] = []
+
+    @message_handler(topic=topic, concurrency=5)
+    async def handle(message: dict) -> None:
+        await asyncio.sleep(0)  # other jobs run meanwhile; this key's must wait
+        seen.append(message["n"])
+
+    async def send() -> None:
+        # Sent in one loop tick: they reach the engine as one batch, in this order.
+        producer = get_producer()
+        receipts = await asyncio.gather(
+            *(producer.send(topic, {"n": n}, key="k") for n in range(300))
+        )
+        assert len({r.id for r in receipts}) == 300
+
+    asyncio.run(_run(topic, send, until=lambda: len(seen) >= 300))
+    assert sorted(seen) == list(range(300))
+    if get_producer().broker.capabilities["ordering_per_key"]:
+        assert seen == list(range(300))
+
+
+def test_handlers_never_run_more_than_concurrency_at_once(broker_url: str, topic: str) -> None:
+    running = 0
+    most = 0
+    done: list[int] = []
+
+    @message_handler(topic=topic, concurrency=3, prefetch=50)
+    async def handle(message: dict) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.005)
+        running -= 1
+        done.append(message["n"])
+
+    async def send() -> None:
+        await get_producer().send_batch(topic, [{"n": n} for n in range(60)])
+
+    asyncio.run(_run(topic, send, until=lambda: len(done) >= 60))
+    assert sorted(done) == list(range(60))
+    # (Kafka keeps each partition's order: two partitions here, so two at once.)
+    assert 2 <= most <= 3, f"{most} handlers ran at once with concurrency=3"
+
+
+def test_send_is_a_future_a_task_and_a_coroutine(topic: str) -> None:
+    polybus.configure_messaging(url="memory://pytest-sending")
+    producer = get_producer()
+    # Before any loop runs, send() is a coroutine for asyncio.run.
+    first = asyncio.run(producer.send(topic, {"n": 0}))
+    assert isinstance(first, polybus.Receipt) and first.offset == 0
+
+    async def inside() -> list[polybus.Receipt]:
+        sending = producer.send(topic, {"n": 1})
+        assert isinstance(sending, asyncio.Future)
+        one = await sending
+        assert sending.done() and sending.result() == one
+        two = await asyncio.create_task(producer.send(topic, {"n": 2}))
+        three = await asyncio.wait_for(producer.send(topic, {"n": 3}), 5)
+        return [one, two, three]
+
+    receipts = asyncio.run(inside())
+    assert [r.offset for r in receipts] == [1, 2, 3]
+    again = polybus.Receipt(receipts[0].id, partition=0, offset=1)
+    assert again == receipts[0] and hash(again) == hash(receipts[0])
+    assert repr(again).startswith("Receipt(id=")
+
+
+def test_send_outside_a_running_loop_names_the_alternatives(topic: str) -> None:
+    polybus.configure_messaging(url="memory://pytest-sending")
+    sending = get_producer().send(topic, {"n": 1})
+    with pytest.raises(RuntimeError, match="send_sync"):
+        # Awaited by hand, not by a loop: the coroutine cannot find a running loop.
+        sending.send(None)
+    sending.close()
+
+
 def test_send_batch_and_send_sync(broker_url: str, topic: str) -> None:
     seen: list[int] = []
 

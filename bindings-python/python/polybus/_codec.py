@@ -13,6 +13,12 @@ BYTES = "application/octet-stream"
 def encode(message: Any) -> tuple[bytes, str]:
     """Encodes a message for the wire: dicts, lists and numbers as JSON, pydantic models as
     their JSON, ``bytes`` as they are, ``str`` as UTF-8 text."""
+    if type(message) is not dict:
+        return _encode_other(message)
+    return _json(message)
+
+
+def _encode_other(message: Any) -> tuple[bytes, str]:
     if isinstance(message, (bytes, bytearray, memoryview)):
         return bytes(message), BYTES
     if isinstance(message, str):
@@ -20,8 +26,12 @@ def encode(message: Any) -> tuple[bytes, str]:
     dump = getattr(message, "model_dump_json", None)
     if callable(dump):
         return dump().encode("utf-8"), JSON
+    return _json(message)
+
+
+def _json(message: Any) -> tuple[bytes, str]:
     try:
-        return json.dumps(message, separators=(",", ":"), default=_default).encode("utf-8"), JSON
+        return _JSON_ENCODE(message).encode("utf-8"), JSON
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"cannot send a {type(message).__name__}: "
@@ -34,6 +44,10 @@ def _default(value: Any) -> Any:
     if callable(isoformat):
         return isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# One encoder for every message (``json.dumps`` with options builds a new one per call).
+_JSON_ENCODE = json.JSONEncoder(separators=(",", ":"), default=_default).encode
 
 
 def decode(payload: bytes, content_type: str) -> Any:

@@ -1,12 +1,12 @@
 """Type stubs of the native module ``polybus._polybus`` (built from bindings-python/src)."""
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any, Optional, Union
 
 __version__: str
 
 Outgoing = tuple[str, bytes, str, Optional[str], Optional[dict[str, str]], Optional[str]]
-ReceiptTuple = tuple[str, Optional[int], Optional[int], Optional[str], Optional[int], bool]
 Job = tuple[
     int,
     str,
@@ -31,6 +31,37 @@ class PolybusTimeoutError(PolybusError): ...
 class ClosedError(PolybusError): ...
 class UnsupportedError(PolybusError): ...
 
+class Receipt:
+    """What the broker reported for a published message."""
+
+    def __init__(
+        self,
+        id: str,
+        partition: Optional[int] = None,
+        offset: Optional[int] = None,
+        stream_id: Optional[str] = None,
+        receivers: Optional[int] = None,
+        spooled: bool = False,
+    ) -> None: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def partition(self) -> Optional[int]:
+        """Kafka: the partition written to."""
+    @property
+    def offset(self) -> Optional[int]:
+        """Kafka: the offset written at."""
+    @property
+    def stream_id(self) -> Optional[str]:
+        """Redis streams: the entry id."""
+    @property
+    def receivers(self) -> Optional[int]:
+        """Redis pub/sub: how many subscribers received it."""
+    @property
+    def spooled(self) -> bool:
+        """True when the message went to the failover spool (replayed once the broker is
+        back)."""
+
 class Broker:
     @staticmethod
     def connect(
@@ -54,11 +85,11 @@ class Broker:
     def url(self) -> str: ...
     @property
     def capabilities(self) -> dict[str, bool]: ...
-    def publish(self, outgoing: Outgoing) -> Awaitable[ReceiptTuple]: ...
+    def publish(self, outgoing: Outgoing, future: asyncio.Future[Receipt]) -> None: ...
     def publish_batch(
         self, batch: list[Outgoing]
-    ) -> Awaitable[list[Union[ReceiptTuple, PolybusError]]]: ...
-    def publish_blocking(self, outgoing: Outgoing) -> ReceiptTuple: ...
+    ) -> Awaitable[list[Union[Receipt, PolybusError]]]: ...
+    def publish_blocking(self, outgoing: Outgoing) -> Receipt: ...
     def flush(self, timeout: float = 30.0) -> Awaitable[None]: ...
     def close(self) -> Awaitable[None]: ...
     def close_blocking(self) -> None: ...

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+import asyncio
+from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
+from typing import Any, Optional, cast
 
 from . import _polybus
 from ._codec import encode
@@ -21,8 +22,29 @@ def _outgoing(
     return (topic, payload, content_type, key, dict(headers) if headers else None, message_id)
 
 
-def _receipt(raw: _polybus.ReceiptTuple) -> Receipt:
-    return Receipt(*raw)
+class Sending(asyncio.Future[Receipt], Coroutine[Any, Any, Receipt]):
+    """A publish under way: an ``asyncio.Future`` of its :class:`Receipt` that also works as a
+    coroutine, so ``await``, ``asyncio.gather``, ``asyncio.wait_for`` and
+    ``asyncio.create_task`` all accept it (``gather`` without creating a task per message)."""
+
+    _steps: Optional[Generator[Any, None, Receipt]] = None
+
+    def send(self, value: None) -> Any:
+        """Coroutine protocol: advances the wait for the receipt."""
+        if self._steps is None:
+            self._steps = self.__await__()
+        return self._steps.send(value)
+
+    def throw(self, *args: Any) -> Any:  # type: ignore[override]
+        """Coroutine protocol: raises inside the wait for the receipt."""
+        if self._steps is None:
+            self._steps = self.__await__()
+        return self._steps.throw(*args)
+
+    def close(self) -> None:
+        """Coroutine protocol: abandons the wait (the publish itself carries on)."""
+        if self._steps is not None:
+            self._steps.close()
 
 
 class Producer:
@@ -37,7 +59,7 @@ class Producer:
         """The native broker connection."""
         return self._broker
 
-    async def send(
+    def send(
         self,
         topic: str,
         message: Any,
@@ -45,10 +67,33 @@ class Producer:
         key: Optional[str] = None,
         headers: Optional[Mapping[str, str]] = None,
         message_id: Optional[str] = None,
-    ) -> Receipt:
-        """Publishes one message and waits until the broker accepted it."""
-        raw = await self._broker.publish(_outgoing(topic, message, key, headers, message_id))
-        return _receipt(raw)
+    ) -> Sending:
+        """Publishes one message; await the result for the broker's receipt.
+
+        Inside a running loop the publish is under way when ``send`` returns (as with
+        confluent-kafka's ``produce``), and invalid messages raise at once. Called before a loop
+        runs (``asyncio.run(producer.send(...))``) it returns a coroutine that publishes when
+        awaited. From blocking code use ``send_sync``."""
+        outgoing = _outgoing(topic, message, key, headers, message_id)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return cast(Sending, self._send_when_awaited(outgoing))
+        sending = Sending(loop=loop)
+        self._broker.publish(outgoing, sending)
+        return sending
+
+    async def _send_when_awaited(self, outgoing: _polybus.Outgoing) -> Receipt:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "send() must be awaited inside a running asyncio loop; "
+                "from blocking code use send_sync()"
+            ) from None
+        sending = Sending(loop=loop)
+        self._broker.publish(outgoing, sending)
+        return await sending
 
     async def send_batch(
         self,
@@ -68,10 +113,12 @@ class Producer:
             for i, m in enumerate(items)
         ]
         results = await self._broker.publish_batch(batch)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-        return [_receipt(r) for r in results]
+        receipts: list[Receipt] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            receipts.append(result)
+        return receipts
 
     def send_sync(
         self,
@@ -83,9 +130,7 @@ class Producer:
         message_id: Optional[str] = None,
     ) -> Receipt:
         """Publishes one message from blocking code (the GIL is released while waiting)."""
-        return _receipt(
-            self._broker.publish_blocking(_outgoing(topic, message, key, headers, message_id))
-        )
+        return self._broker.publish_blocking(_outgoing(topic, message, key, headers, message_id))
 
     def failover_status(self) -> Optional[FailoverStatus]:
         """Where publishes go (``primary``, ``spooling`` or ``replaying``) and how full the spool

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import functools
 import inspect
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import _polybus
 from ._codec import decode
@@ -50,9 +51,12 @@ class HandlerRunner:
         self._stopping: Optional[asyncio.Future[dict[str, int]]] = None
         self._outcomes: list[Outcome] = []
         self._flush_scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        # The last task of each run still going: the next job of the run waits for it.
-        self._runs: dict[int, asyncio.Task[None]] = {}
+        # Jobs handed out by the engine wait here for one of `concurrency` workers: a job on its
+        # own (a tuple) or the id of a run (one key's or partition's queue, handled in order).
+        self._ready: deque[Union[Job, int]] = deque()
+        self._runs: dict[int, deque[Job]] = {}
+        self._idle: list[asyncio.Future[None]] = []
+        self._draining = False
         self._call = _Caller(spec)
 
     async def start(self) -> None:
@@ -64,6 +68,9 @@ class HandlerRunner:
                 "topics": list(spec.topics),
                 "group": self.group,
                 "concurrency": self._concurrency,
+                # Up to `prefetch` jobs wait on this side for a free worker, so the workers never
+                # idle while the engine refills.
+                "in_flight": max(self._concurrency, spec.prefetch),
                 "prefetch": spec.prefetch,
                 "start": spec.start,
                 "max_retries": spec.max_retries,
@@ -103,32 +110,56 @@ class HandlerRunner:
     async def _run(self) -> None:
         native = self._native
         assert native is not None
-        loop = asyncio.get_running_loop()
+        workers = [asyncio.ensure_future(self._work()) for _ in range(self._concurrency)]
+        ready = self._ready
+        runs = self._runs
         # Keep pumping until the engine's stop has drained: jobs it still hands out need us.
         while self._stopping is None or not self._stopping.done():
             jobs: list[Job] = await native.next_batch(_BATCH, _POLL_SECONDS)
             for job in jobs:
                 run = job[11]
                 if run is None:
-                    task = loop.create_task(self._handle(job))
+                    ready.append(job)
+                elif run in runs:
+                    runs[run].append(job)
                 else:
-                    task = loop.create_task(self._handle_after(self._runs.get(run), job))
-                    self._runs[run] = task
-                    task.add_done_callback(functools.partial(self._run_done, run))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+                    runs[run] = deque((job,))
+                    ready.append(run)
+            self._wake_workers()
+        self._draining = True
+        self._wake_workers(everyone=True)
+        await asyncio.gather(*workers, return_exceptions=True)
         self._flush()
 
-    async def _handle_after(self, previous: Optional[asyncio.Task[None]], job: Job) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])
-        await self._handle(job)
+    def _wake_workers(self, everyone: bool = False) -> None:
+        idle = self._idle
+        wanted = len(idle) if everyone else min(len(idle), len(self._ready))
+        for _ in range(wanted):
+            waiter = idle.pop()
+            if not waiter.done():
+                waiter.set_result(None)
 
-    def _run_done(self, run: int, task: asyncio.Task[None]) -> None:
-        if self._runs.get(run) is task:
-            del self._runs[run]
+    async def _work(self) -> None:
+        """One of `concurrency` workers: handles waiting jobs one at a time (a run's jobs in
+        order), and sleeps when there are none."""
+        loop = asyncio.get_running_loop()
+        ready = self._ready
+        runs = self._runs
+        while True:
+            while ready:
+                item = ready.popleft()
+                if type(item) is not int:
+                    await self._handle(item)
+                    continue
+                queue = runs[item]
+                while queue:
+                    await self._handle(queue.popleft())
+                del runs[item]
+            if self._draining:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle.append(waiter)
+            await waiter
 
     async def _handle(self, job: Job) -> None:
         token = job[0]

@@ -5,19 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ._polybus import Receipt
 
-@dataclass(frozen=True)
-class Receipt:
-    """What the broker reported for a published message."""
-
-    id: str
-    partition: Optional[int] = None
-    offset: Optional[int] = None
-    stream_id: Optional[str] = None
-    receivers: Optional[int] = None
-    #: True when the primary broker was unreachable and the message went to the failover
-    #: spool (it is replayed, in order, once the primary is back).
-    spooled: bool = False
+__all__ = ["FailoverStatus", "MessageContext", "Receipt"]
 
 
 @dataclass(frozen=True)
