@@ -58,8 +58,8 @@ def _c(name: str, how: str, share: int = 1, versus: Optional[str] = None) -> Imp
 ONE_AT_A_TIME = 10
 
 
-PY_SEND = "one `send` per message, awaited 1000 at a time with `asyncio.gather`"
-PY_BATCH = "`send_batch` per 1000 messages"
+PY_SEND = "one `send` per message, gathered 1000 at a time, 4 chunks in flight"
+PY_BATCH = "`send_batch` per 1000 messages, 4 batches in flight"
 PY_CONSUMER = "manual consumer (`@message_handler` runtime), async handler, defaults"
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -73,8 +73,8 @@ SCENARIOS: tuple[Scenario, ...] = (
             _p("polybus-batch", PY_BATCH),
             _p("polybus-send", PY_SEND),
             _c("confluent-kafka", "`produce` + `poll(0)`, `flush` at the end"),
-            _c("aiokafka", "`send` futures awaited 1000 at a time"),
-            _c("faststream", "`KafkaBroker.publish` awaited 1000 at a time"),
+            _c("aiokafka", "`send` futures gathered 1000 at a time, 4 chunks in flight"),
+            _c("faststream", "`KafkaBroker.publish` gathered 1000 at a time, 4 chunks in flight"),
         ),
         "polybus-batch",
     ),
@@ -101,8 +101,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         (
             _p("polybus-batch", PY_BATCH),
             _p("polybus-send", PY_SEND),
-            _c("aio-pika", "publisher confirms, `publish` awaited 1000 at a time"),
-            _c("faststream", "`RabbitBroker.publish(persist=True)` awaited 1000 at a time"),
+            _c(
+                "aio-pika",
+                "publisher confirms, `publish` gathered 1000 at a time, 4 chunks in flight",
+            ),
+            _c(
+                "faststream",
+                "`RabbitBroker.publish(persist=True)` gathered 1000 at a time, 4 chunks in flight",
+            ),
         ),
         "polybus-batch",
     ),

@@ -7,31 +7,30 @@ use std::time::Duration;
 use polybus::config::{BrokerKind, resolve_config};
 use polybus::hub::HubConfig;
 use polybus::{
-    DeadLetters, FailoverBroker, FailoverOptions, Message, PublishReceipt, RedriveOptions,
-    SharedBroker,
+    DeadLetters, FailoverBroker, FailoverOptions, Message, RedriveOptions, SharedBroker,
 };
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 
 use crate::consumer::{ConsumerSettings, NativeConsumer};
 use crate::dead_letters::{Records, report};
 use crate::errors::to_py;
 use crate::receipt::Receipt;
 
-/// A message to publish, as Python hands it over: topic, payload, content type, key, headers, id.
-pub type Outgoing = (
+/// A message to publish, as Python hands it over: topic, message (encoded here), key, headers,
+/// id.
+pub type Outgoing<'py> = (
     String,
-    Vec<u8>,
-    String,
+    Bound<'py, PyAny>,
     Option<String>,
     Option<HashMap<String, String>>,
     Option<String>,
 );
 
 /// Builds and checks a message from what Python handed over.
-pub fn message(
-    (topic, payload, content_type, key, headers, id): Outgoing,
-) -> polybus::Result<Message> {
+pub fn message((topic, value, key, headers, id): Outgoing<'_>) -> PyResult<Message> {
+    let (payload, content_type) = crate::payload::encode(&value)?;
     let mut message = Message::bytes(topic, payload).with_content_type(content_type);
     message.key = key;
     if let Some(headers) = headers {
@@ -40,28 +39,8 @@ pub fn message(
     if let Some(id) = id {
         message.id = id;
     }
-    message.validate()?;
+    message.validate().map_err(to_py)?;
     Ok(message)
-}
-
-/// Results of a batch: a receipt, or the exception instance, per message.
-pub struct BatchResults(Vec<polybus::Result<PublishReceipt>>);
-
-impl<'py> IntoPyObject<'py> for BatchResults {
-    type Target = PyList;
-    type Output = Bound<'py, PyList>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for result in self.0 {
-            match result {
-                Ok(receipt) => list.append(Receipt::from(receipt))?,
-                Err(err) => list.append(to_py(err).into_value(py))?,
-            }
-        }
-        Ok(list)
-    }
 }
 
 /// A connection to one broker (Kafka, RabbitMQ, Redis, memory or null).
@@ -222,38 +201,61 @@ impl Broker {
         outgoing: Outgoing,
         future: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let message = message(outgoing).map_err(to_py)?;
+        let message = message(outgoing)?;
         crate::completion::publish_at_end_of_tick(py, self.inner.clone(), message, future)
     }
 
-    /// Publishes many messages pipelined; resolves with a receipt or an exception each.
+    /// Publishes `messages` to `topic` pipelined; resolves with their receipts, or raises the
+    /// first error once every message was tried (the others were published). Messages that
+    /// cannot be encoded, or a topic or headers that are invalid, raise before anything is sent.
+    #[pyo3(signature = (topic, messages, keys=None, headers=None))]
     fn publish_batch<'py>(
         &self,
         py: Python<'py>,
-        batch: Vec<Outgoing>,
+        topic: String,
+        messages: &Bound<'py, PyAny>,
+        keys: Option<Vec<Option<String>>>,
+        headers: Option<HashMap<String, String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut invalid = Vec::new();
-        let mut messages = Vec::with_capacity(batch.len());
-        for (index, outgoing) in batch.into_iter().enumerate() {
-            match message(outgoing) {
-                Ok(message) => messages.push(message),
-                Err(err) => invalid.push((index, err)),
+        let values: Vec<Bound<'py, PyAny>> = messages.try_iter()?.collect::<PyResult<_>>()?;
+        if let Some(keys) = &keys
+            && keys.len() != values.len()
+        {
+            return Err(PyValueError::new_err(format!(
+                "{} keys for {} messages",
+                keys.len(),
+                values.len()
+            )));
+        }
+        let mut keys = keys.map(Vec::into_iter);
+        let mut batch = Vec::with_capacity(values.len());
+        for value in &values {
+            let (payload, content_type) = crate::payload::encode(value)?;
+            let mut message =
+                Message::bytes(topic.clone(), payload).with_content_type(content_type);
+            message.key = keys.as_mut().and_then(Iterator::next).flatten();
+            if let Some(headers) = &headers {
+                message.headers.extend(headers.clone());
             }
+            batch.push(message);
+        }
+        // Topic and headers are the same for every message: checking one checks them all.
+        if let Some(first) = batch.first() {
+            first.validate().map_err(to_py)?;
         }
         let broker = self.inner.clone();
         crate::completion::spawn(py, async move {
-            let mut results: Vec<polybus::Result<PublishReceipt>> =
-                broker.publish_batch(messages).await;
-            for (index, err) in invalid {
-                results.insert(index, Err(err));
+            let mut receipts = Vec::with_capacity(batch.len());
+            for result in broker.publish_batch(batch).await {
+                receipts.push(Receipt::from(result.map_err(to_py)?));
             }
-            Ok(BatchResults(results))
+            Ok(receipts)
         })
     }
 
     /// Publishes one message and waits for the broker, without holding the GIL.
-    fn publish_blocking(&self, py: Python<'_>, outgoing: Outgoing) -> PyResult<Receipt> {
-        let message = message(outgoing).map_err(to_py)?;
+    fn publish_blocking(&self, py: Python<'_>, outgoing: Outgoing<'_>) -> PyResult<Receipt> {
+        let message = message(outgoing)?;
         let broker = self.inner.clone();
         let runtime = crate::runtime::get();
         py.detach(|| runtime.block_on(broker.publish(message)))

@@ -7,6 +7,7 @@ mod completion;
 mod consumer;
 mod dead_letters;
 mod errors;
+mod payload;
 mod receipt;
 mod runtime;
 

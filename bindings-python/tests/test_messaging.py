@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Optional
 
 import polybus
 import pytest
@@ -148,6 +150,23 @@ def test_handlers_never_run_more_than_concurrency_at_once(broker_url: str, topic
     assert sorted(done) == list(range(60))
     # (Kafka keeps each partition's order: two partitions here, so two at once.)
     assert 2 <= most <= 3, f"{most} handlers ran at once with concurrency=3"
+
+
+def test_concurrency_one_handles_each_queue_in_order(broker_url: str, topic: str) -> None:
+    seen: dict[Optional[int], list[int]] = {}
+
+    @message_handler(topic=topic, concurrency=1)
+    async def handle(message: dict, context: MessageContext) -> None:
+        await asyncio.sleep(0)
+        seen.setdefault(context.partition, []).append(message["n"])
+
+    async def send() -> None:
+        await get_producer().send_batch(topic, [{"n": n} for n in range(100)])
+
+    asyncio.run(_run(topic, send, until=lambda: sum(map(len, seen.values())) >= 100))
+    assert sorted(n for queue in seen.values() for n in queue) == list(range(100))
+    for queue in seen.values():  # (a Kafka topic's partitions are queues of their own)
+        assert queue == sorted(queue)
 
 
 def test_send_is_a_future_a_task_and_a_coroutine(topic: str) -> None:
@@ -336,6 +355,51 @@ def test_unsupported_message_types_are_refused(topic: str) -> None:
     polybus.configure_messaging(url="memory://pytest-types")
     with pytest.raises(TypeError, match="cannot send a object"):
         asyncio.run(get_producer().send(topic, object()))
+
+
+def test_every_kind_of_payload_arrives_as_python_would_encode_it(topic: str) -> None:
+    polybus.configure_messaging(url="memory://pytest-payloads")
+    stamp = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    sent: list[Any] = [
+        {"text": 'quote " backslash \\ tab \t nul \x00 é 日本 🎉', "n": -7, "big": 2**64 + 1},
+        {"f": 0.1, "g": 1e16, "h": -2.5e-8, "t": True, "f2": False, "none": None},
+        {"nested": {"list": [1, [2, [3, {"deep": ()}]]], "tuple": (1, "a")}},
+        {1: "int key", None: "none key"},  # only Python coerces these keys
+        {"when": stamp},  # and encodes datetimes
+        [1, 2, 3],
+        "plain text",
+        b"\x00\xffraw",
+        OrderCreated(order_id=1, user_id=2),
+    ]
+    seen: list[tuple[Any, str]] = []
+
+    @message_handler(topic=topic, concurrency=1)
+    async def handle(message: Any, context: MessageContext) -> None:
+        seen.append((message, context.content_type))
+
+    async def send() -> None:
+        producer = get_producer()
+        for value in sent[:4]:
+            await producer.send(topic, value)
+        await producer.send_batch(topic, sent[4:])
+
+    asyncio.run(_run(topic, send, until=lambda: len(seen) == len(sent)))
+    expected = [json.loads(json.dumps(v, default=str)) for v in sent[:6]]
+    expected[4] = {"when": stamp.isoformat()}
+    assert [m for m, _ in seen[:6]] == expected
+    assert seen[6] == ("plain text", "text/plain; charset=utf-8")
+    assert seen[7] == (b"\x00\xffraw", "application/octet-stream")
+    assert seen[8] == ({"order_id": 1, "user_id": 2}, "application/json")
+
+
+def test_values_json_cannot_hold_are_refused_before_anything_is_sent(topic: str) -> None:
+    polybus.configure_messaging(url="memory://pytest-types")
+    with pytest.raises(TypeError, match="cannot send a dict"):
+        asyncio.run(get_producer().send(topic, {"cycle": {1, 2}}))
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(TypeError, match="cannot send a list"):
+        asyncio.run(get_producer().send_batch(topic, [{"ok": 1}, looped]))
 
 
 def test_a_forked_child_gets_a_working_runtime_of_its_own(topic: str) -> None:

@@ -17,6 +17,7 @@ Consume scenarios run three phases in the consumer process, which never publishe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -24,12 +25,15 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 RESULT_PREFIX = "BENCH-RESULT "
 CHUNK = 1000
+# Chunks in flight at once when publishing asynchronously.
+WINDOW = 4
 
 
 @dataclass
@@ -87,6 +91,21 @@ def chunks(total: int, size: int = CHUNK) -> list[int]:
     if total % size:
         out.append(total % size)
     return out
+
+
+async def in_flight(
+    total: int, start: Callable[[int], Awaitable[Any]], window: int = WINDOW
+) -> None:
+    """Publishes ``total`` messages as chunks of ``CHUNK``: ``start(n)`` begins a chunk, and
+    up to ``window`` chunks are in flight (the oldest is awaited before another begins), as an
+    application publishing a stream with bounded memory does."""
+    pending: deque[asyncio.Future[Any]] = deque()
+    for n in chunks(total):
+        pending.append(asyncio.ensure_future(start(n)))
+        if len(pending) >= window:
+            await pending.popleft()
+    for chunk in pending:
+        await chunk
 
 
 # --------------------------------------------------------------------------------------------

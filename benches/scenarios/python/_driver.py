@@ -52,9 +52,10 @@ class Producer:
 
 
 class PolybusProducer(Producer):
-    """``send_batch`` per 1000 messages, or one ``send`` per message awaited 1000 at a time
-    with ``asyncio.gather``. With ``declare_group`` (RabbitMQ) the consumer group's queue is
-    declared first (a consumer started and stopped), so published messages are routed."""
+    """``send_batch`` per 1000 messages, or one ``send`` per message gathered 1000 at a time
+    (``asyncio.gather``); 4 chunks in flight. With ``declare_group`` (RabbitMQ) the consumer
+    group's queue is declared first (a consumer started and stopped), so published messages
+    are routed."""
 
     def __init__(self, args: c.Args, batch: bool, declare_group: bool = False) -> None:
         super().__init__(args)
@@ -75,11 +76,13 @@ class PolybusProducer(Producer):
     async def produce(self, count: int) -> None:
         body = c.message(self.args.size)
         topic = self.args.topic
-        for n in c.chunks(count):
-            if self.batch:
-                await self.producer.send_batch(topic, [body] * n)
-            else:
-                await asyncio.gather(*(self.producer.send(topic, body) for _ in range(n)))
+        if self.batch:
+            await c.in_flight(count, lambda n: self.producer.send_batch(topic, [body] * n))
+        else:
+            await c.in_flight(
+                count,
+                lambda n: asyncio.gather(*(self.producer.send(topic, body) for _ in range(n))),
+            )
         await self.producer.flush()
 
     def send(self, body: dict[str, Any]) -> None:

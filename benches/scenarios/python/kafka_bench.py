@@ -2,13 +2,14 @@
 
 ``kafka_bench.py produce|consume --impl IMPL ...`` (see ``_common`` for the other arguments).
 Producers: ``polybus-batch`` (``send_batch`` per 1000), ``polybus-send`` (one ``send`` per
-message, awaited 1000 at a time with ``gather``), ``confluent-kafka`` (``produce`` + ``poll(0)``,
-``flush`` at the end), ``aiokafka`` (``send`` futures awaited 1000 at a time), ``faststream``
-(``publish`` awaited 1000 at a time). Every producer has Polybus' producer settings: idempotent,
-acks=all, linger 5 ms. Consumers (a trivial handler decoding the JSON): ``polybus``
-(``KafkaConsumer`` with an async handler), ``confluent-kafka`` (a sync ``poll`` loop in a
-thread), ``aiokafka`` (``getmany`` and an async handler per message), ``faststream`` (an async
-subscriber). The topic is created with 4 partitions by the harness before the run.
+message, gathered 1000 at a time), ``confluent-kafka`` (``produce`` + ``poll(0)``, ``flush`` at
+the end), ``aiokafka`` (``send`` futures gathered 1000 at a time), ``faststream`` (``publish``
+gathered 1000 at a time); the async ones keep 4 chunks of 1000 in flight. Every producer has
+Polybus' producer settings: idempotent, acks=all, linger 5 ms. Consumers (a trivial handler
+decoding the JSON): ``polybus`` (``KafkaConsumer`` with an async handler), ``confluent-kafka``
+(a sync ``poll`` loop in a thread), ``aiokafka`` (``getmany`` and an async handler per
+message), ``faststream`` (an async subscriber). The topic is created with 4 partitions by the
+harness before the run.
 """
 
 from __future__ import annotations
@@ -82,9 +83,12 @@ class AiokafkaProducer(Producer):
     async def produce(self, count: int) -> None:
         body = c.message(self.args.size)
         topic = self.args.topic
-        for n in c.chunks(count):
+
+        async def chunk(n: int) -> None:
             futures = [await self.producer.send(topic, c.encode(body)) for _ in range(n)]
             await asyncio.gather(*futures)
+
+        await c.in_flight(count, chunk)
 
     def send(self, body: dict[str, Any]) -> None:
         async def one() -> None:
@@ -108,8 +112,9 @@ class FaststreamProducer(Producer):
     async def produce(self, count: int) -> None:
         body = c.message(self.args.size)
         topic = self.args.topic
-        for n in c.chunks(count):
-            await asyncio.gather(*(self.broker.publish(body, topic) for _ in range(n)))
+        await c.in_flight(
+            count, lambda n: asyncio.gather(*(self.broker.publish(body, topic) for _ in range(n)))
+        )
 
     def send(self, body: dict[str, Any]) -> None:
         self.pending.append(asyncio.ensure_future(self.broker.publish(body, self.args.topic)))

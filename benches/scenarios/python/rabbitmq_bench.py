@@ -4,8 +4,9 @@
 arguments). Every implementation publishes persistent messages with publisher confirms into a
 durable queue (``<topic>.g``) and consumes with manual acknowledgements after the handler.
 Producers: ``polybus-batch``, ``polybus-send`` (see ``_driver.PolybusProducer``), ``aio-pika``
-(``default_exchange.publish`` on a channel with publisher confirms, awaited 1000 at a time with
-``gather``), ``faststream`` (``RabbitBroker.publish(persist=True)``, awaited 1000 at a time).
+(``default_exchange.publish`` on a channel with publisher confirms, gathered 1000 at a time),
+``faststream`` (``RabbitBroker.publish(persist=True)``, gathered 1000 at a time); each keeps 4
+chunks of 1000 in flight.
 Consumers: ``polybus`` (``RabbitMQConsumer``, prefetch 100), ``aio-pika`` (``queue.consume``
 with ``message.process()``, prefetch 100), ``faststream`` (an async subscriber, its defaults).
 """
@@ -47,8 +48,7 @@ class AioPikaProducer(Producer):
 
     async def produce(self, count: int) -> None:
         body = c.message(self.args.size)
-        for n in c.chunks(count):
-            await asyncio.gather(*(self._publish(body) for _ in range(n)))
+        await c.in_flight(count, lambda n: asyncio.gather(*(self._publish(body) for _ in range(n))))
 
     def send(self, body: dict[str, Any]) -> None:
         self.pending.append(asyncio.ensure_future(self._publish(body)))
@@ -68,10 +68,12 @@ class FaststreamProducer(Producer):
 
     async def produce(self, count: int) -> None:
         body = c.message(self.args.size)
-        for n in c.chunks(count):
-            await asyncio.gather(
+        await c.in_flight(
+            count,
+            lambda n: asyncio.gather(
                 *(self.broker.publish(body, queue=self.queue, persist=True) for _ in range(n))
-            )
+            ),
+        )
 
     def send(self, body: dict[str, Any]) -> None:
         self.pending.append(

@@ -1,12 +1,13 @@
 """Type stubs of the native module ``polybus._polybus`` (built from bindings-python/src)."""
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, Optional, Union
+from collections.abc import Awaitable, Iterable
+from typing import Any, Optional
 
 __version__: str
 
-Outgoing = tuple[str, bytes, str, Optional[str], Optional[dict[str, str]], Optional[str]]
+# topic, message (bytes, str, JSON-able value or pydantic model), key, headers, id
+Outgoing = tuple[str, Any, Optional[str], Optional[dict[str, str]], Optional[str]]
 Job = tuple[
     int,
     str,
@@ -87,8 +88,12 @@ class Broker:
     def capabilities(self) -> dict[str, bool]: ...
     def publish(self, outgoing: Outgoing, future: asyncio.Future[Receipt]) -> None: ...
     def publish_batch(
-        self, batch: list[Outgoing]
-    ) -> Awaitable[list[Union[Receipt, PolybusError]]]: ...
+        self,
+        topic: str,
+        messages: Iterable[Any],
+        keys: Optional[list[Optional[str]]] = None,
+        headers: Optional[dict[str, str]] = None,
+    ) -> Awaitable[list[Receipt]]: ...
     def publish_blocking(self, outgoing: Outgoing) -> Receipt: ...
     def flush(self, timeout: float = 30.0) -> Awaitable[None]: ...
     def close(self) -> Awaitable[None]: ...

@@ -7,7 +7,6 @@ from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
 from typing import Any, Optional, cast
 
 from . import _polybus
-from ._codec import encode
 from ._types import FailoverStatus, Receipt
 
 
@@ -17,9 +16,9 @@ def _outgoing(
     key: Optional[str],
     headers: Optional[Mapping[str, str]],
     message_id: Optional[str],
-) -> tuple[str, bytes, str, Optional[str], Optional[dict[str, str]], Optional[str]]:
-    payload, content_type = encode(message)
-    return (topic, payload, content_type, key, dict(headers) if headers else None, message_id)
+) -> _polybus.Outgoing:
+    # The engine encodes the message (bytes, str, JSON; other types through ``_codec.encode``).
+    return (topic, message, key, dict(headers) if headers else None, message_id)
 
 
 class Sending(asyncio.Future[Receipt], Coroutine[Any, Any, Receipt]):
@@ -105,20 +104,12 @@ class Producer:
     ) -> list[Receipt]:
         """Publishes many messages to ``topic`` in one pipelined call. Raises the first error
         after every message was tried; the others were published."""
-        items = list(messages)
-        if keys is not None and len(keys) != len(items):
-            raise ValueError(f"{len(keys)} keys for {len(items)} messages")
-        batch = [
-            _outgoing(topic, m, keys[i] if keys is not None else None, headers, None)
-            for i, m in enumerate(items)
-        ]
-        results = await self._broker.publish_batch(batch)
-        receipts: list[Receipt] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            receipts.append(result)
-        return receipts
+        return await self._broker.publish_batch(
+            topic,
+            messages,
+            list(keys) if keys is not None else None,
+            dict(headers) if headers else None,
+        )
 
     def send_sync(
         self,

@@ -69,8 +69,8 @@ class HandlerRunner:
                 "group": self.group,
                 "concurrency": self._concurrency,
                 # Up to `prefetch` jobs wait on this side for a free worker, so the workers never
-                # idle while the engine refills.
-                "in_flight": max(self._concurrency, spec.prefetch),
+                # idle while the engine refills. One at a time keeps the order of every message.
+                "in_flight": 1 if self._concurrency == 1 else max(self._concurrency, spec.prefetch),
                 "prefetch": spec.prefetch,
                 "start": spec.start,
                 "max_retries": spec.max_retries,
