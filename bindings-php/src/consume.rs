@@ -242,9 +242,21 @@ pub fn consume(
     };
     let plan = plan(&destination, options)?;
     let shared = broker.open()?.clone();
-    let bridge = HandlerBridge::new(plan.spec.concurrency);
-    let bridge_handler = bridge.handler();
     let mut options = plan.options;
+    // One message at a time (the default) is handled in the order received, and the runtime
+    // hands up to `prefetch` messages over at once (never more than `limit`), so this thread
+    // crosses into the runtime once per slice rather than once per message.
+    if plan.spec.concurrency == 1 {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        options.sequential_ahead = Some(plan.spec.prefetch.min(limit).max(1));
+    }
+    let bridge = HandlerBridge::new(
+        options
+            .sequential_ahead
+            .unwrap_or(1)
+            .max(plan.spec.concurrency),
+    );
+    let bridge_handler = bridge.handler();
     let (dedup, dedup_ttl) = (plan.dedup, plan.dedup_ttl);
     let consumer = block_on(broker.timeout(), async move {
         if let Some(store) = dedup {
@@ -287,16 +299,20 @@ pub fn consume(
             }
             Err(_) => Vec::new(),
         };
+        // Outcomes of a slice are reported together (one wake-up of the runtime), when the
+        // slice is done or the loop ends early.
+        let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
             let token = job.token;
             match call(&handler, job) {
                 Ok(outcome) => {
-                    bridge.complete([(token, outcome)]);
+                    outcomes.push((token, outcome));
                     handled += 1;
                 }
                 // The handler did not finish (exit() or a fatal unwind): its job goes back.
                 Err(()) => {
                     interrupted = Some(Interrupted::Php);
+                    bridge.complete(outcomes);
                     break 'consume;
                 }
             }
@@ -304,9 +320,11 @@ pub fn consume(
                 && let Some(why) = checkpoint(signals.as_ref(), plan.stop.as_ref())
             {
                 interrupted = why;
+                bridge.complete(outcomes);
                 break 'consume;
             }
         }
+        bridge.complete(outcomes);
     }
 
     let stopped = finish(&bridge, consumer, handled, broker.timeout());

@@ -23,6 +23,8 @@ pub struct ConsumerSettings {
     concurrency: usize,
     /// Jobs handed to Python at once (at least `concurrency`): the engine's concurrency.
     in_flight: usize,
+    /// Every message in the order received, one at a time, `in_flight` handed over ahead.
+    sequential: bool,
     prefetch: usize,
     start: String,
     max_retries: Option<u32>,
@@ -60,6 +62,7 @@ impl ConsumerSettings {
                 ),
             },
             drain_timeout: seconds(self.drain_timeout),
+            sequential_ahead: self.sequential.then_some(self.in_flight.max(1)),
         })
     }
 }

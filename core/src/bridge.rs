@@ -210,4 +210,45 @@ mod tests {
         assert_eq!((report.stats.succeeded, report.stats.retried), (10, 1));
         assert_eq!(bridge.in_flight(), 0);
     }
+
+    #[tokio::test]
+    async fn a_sequential_consumer_hands_over_everything_in_order_in_large_runs() {
+        let broker = Arc::new(MemoryBroker::new(Default::default()));
+        for n in 0..200 {
+            // Different keys: a concurrent consumer would run them in any order.
+            let message = Message::text("seq", n.to_string()).with_key(format!("k{}", n % 7));
+            broker.publish(message).await.unwrap();
+        }
+        let bridge = HandlerBridge::new(50);
+        let options = ConsumerOptions {
+            sequential_ahead: Some(50),
+            ..Default::default()
+        };
+        let spec = SubscriptionSpec::new(["seq"], "g");
+        let consumer = Consumer::start(broker.clone(), spec, bridge.handler(), options)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut largest = 0;
+        while seen.len() < 200 {
+            let batch = bridge.next_batch(100, Duration::from_secs(5)).await;
+            assert!(!batch.is_empty(), "jobs should keep coming");
+            largest = largest.max(batch.len());
+            let outcomes: Vec<_> = batch
+                .iter()
+                .map(|job| {
+                    seen.push(job.message.payload_str().unwrap().parse::<u32>().unwrap());
+                    (job.token, Ok(()))
+                })
+                .collect();
+            bridge.complete(outcomes);
+        }
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        assert!(
+            largest > 1,
+            "the runtime should hand over more than one at a time"
+        );
+        let report = consumer.stop().await.unwrap();
+        assert_eq!(report.stats.succeeded, 200);
+    }
 }

@@ -69,8 +69,10 @@ class HandlerRunner:
                 "group": self.group,
                 "concurrency": self._concurrency,
                 # Up to `prefetch` jobs wait on this side for a free worker, so the workers never
-                # idle while the engine refills. One at a time keeps the order of every message.
-                "in_flight": 1 if self._concurrency == 1 else max(self._concurrency, spec.prefetch),
+                # idle while the engine refills. With one at a time, every message is handled
+                # in the order received (the engine hands them over as ordered runs).
+                "in_flight": max(self._concurrency, spec.prefetch),
+                "sequential": self._concurrency == 1,
                 "prefetch": spec.prefetch,
                 "start": spec.start,
                 "max_retries": spec.max_retries,

@@ -87,6 +87,8 @@ pub(super) struct Dispatcher {
     counters: Arc<Counters>,
     /// Deliveries waiting behind a running delivery with the same key.
     lanes: Mutex<HashMap<String, VecDeque<Slotted>>>,
+    /// Every delivery goes through one lane (a sequential consumer).
+    one_lane: bool,
 }
 
 impl Dispatcher {
@@ -98,8 +100,10 @@ impl Dispatcher {
         tracker: TaskTracker,
         abort: CancellationToken,
         counters: Arc<Counters>,
+        one_lane: bool,
     ) -> Self {
         Dispatcher {
+            one_lane,
             handler,
             retry,
             dead_letters,
@@ -117,11 +121,15 @@ impl Dispatcher {
 
     /// Starts handling `delivery` now, or queues it behind the running one with its key.
     pub fn dispatch(self: &Arc<Self>, delivery: Delivery, slot: OwnedSemaphorePermit) {
-        let lane = delivery
-            .message
-            .key
-            .clone()
-            .or_else(|| delivery.meta.sequence.clone());
+        let lane = if self.one_lane {
+            Some(String::new())
+        } else {
+            delivery
+                .message
+                .key
+                .clone()
+                .or_else(|| delivery.meta.sequence.clone())
+        };
         let Some(key) = lane else {
             let this = self.clone();
             self.tracker.spawn(async move {

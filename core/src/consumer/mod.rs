@@ -39,6 +39,11 @@ pub struct ConsumerOptions {
     /// How long [`Consumer::stop`] waits for in-flight handlers before giving their messages
     /// back to the broker unprocessed.
     pub drain_timeout: Duration,
+    /// `Some(ahead)`: handle every message in the order received, one at a time, whatever its
+    /// key, with up to `ahead` messages handed to the handler at once (as one run, for handlers
+    /// that take runs, such as the bridge to Python and PHP). Replaces the subscription's
+    /// concurrency. `None` (the default): up to `concurrency` at once, in order per key.
+    pub sequential_ahead: Option<usize>,
 }
 
 impl Default for ConsumerOptions {
@@ -48,6 +53,7 @@ impl Default for ConsumerOptions {
             dead_letter: DeadLetter::default(),
             dedup: None,
             drain_timeout: Duration::from_secs(30),
+            sequential_ahead: None,
         }
     }
 }
@@ -111,7 +117,9 @@ impl Consumer {
         options: ConsumerOptions,
     ) -> Result<Consumer> {
         spec.validate()?;
-        let concurrency = spec.concurrency;
+        let concurrency = options
+            .sequential_ahead
+            .map_or(spec.concurrency, |ahead| ahead.max(1));
         let group = spec.group.clone();
         let subscription = broker.subscribe(spec).await?;
         let ready = subscription.ready_signal();
@@ -130,6 +138,7 @@ impl Consumer {
             tracker.clone(),
             abort.clone(),
             counters.clone(),
+            options.sequential_ahead.is_some(),
         ));
         let fetch = tokio::spawn(fetch_loop(
             subscription,

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, PublisherConfirm};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -300,6 +301,14 @@ impl Shared {
         Ok(channel)
     }
 
+    /// The publishing channel of an open broker.
+    async fn publish_ready(&self) -> Result<Channel> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("rabbitmq broker"));
+        }
+        self.publish_channel().await
+    }
+
     /// Sends one message; the returned future resolves with the broker's confirmation.
     async fn send(
         &self,
@@ -433,49 +442,77 @@ impl Publisher for RabbitMqBroker {
     }
 
     async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishReceipt>> {
-        // Confirms are awaited in a sliding window: sending never waits a round trip per message.
-        let mut results: Vec<Option<Result<PublishReceipt>>> =
-            (0..messages.len()).map(|_| None).collect();
-        let mut in_flight: std::collections::VecDeque<(usize, PublisherConfirm)> =
-            Default::default();
-        let mut connection_lost: Option<String> = None;
-        for (index, message) in messages.iter().enumerate() {
-            if in_flight.len() >= self.shared.confirm_window
-                && let Some((i, confirm)) = in_flight.pop_front()
-            {
-                let confirmed = self.shared.confirmed(confirm, &messages[i].topic).await;
-                results[i] = Some(confirmed.map(|()| receipt(messages[i].id.clone())));
-            }
-            let sent = match (message.validate(), &connection_lost) {
-                (Err(err), _) => Err(err),
-                // After a lost connection, fail the rest of the batch at once rather than
-                // trying to reconnect for each message.
-                (Ok(()), Some(reason)) => Err(Error::Connection {
-                    target: self.shared.target.clone(),
-                    reason: reason.clone(),
-                }),
-                (Ok(()), None) => {
-                    self.shared
-                        .send(&self.shared.exchange, &message.topic, message, 1)
-                        .await
+        // A window of messages at a time: every frame of the window is queued on the channel in
+        // one pass (in order), lapin writes them together, then the window's confirmations are
+        // awaited together. No message waits a round trip, or a socket write, of its own.
+        let shared = &self.shared;
+        let mut results: Vec<Result<PublishReceipt>> = Vec::with_capacity(messages.len());
+        // After a lost connection the rest of the batch fails at once, rather than trying to
+        // reconnect for every window.
+        let lost_error = |reason: &String| Error::Connection {
+            target: shared.target.clone(),
+            reason: reason.clone(),
+        };
+        let mut lost: Option<String> = None;
+        for window in messages.chunks(shared.confirm_window) {
+            let ready = match &lost {
+                Some(reason) => Err(lost_error(reason)),
+                None => shared.publish_ready().await,
+            };
+            let channel = match ready {
+                Ok(channel) => channel,
+                Err(err) => {
+                    if let Error::Connection { reason, .. } = &err {
+                        lost.get_or_insert_with(|| reason.clone());
+                    }
+                    let reason = err.to_string();
+                    let closed = matches!(err, Error::Closed(_));
+                    results.push(Err(err));
+                    results.extend(window[1..].iter().map(|_| match &lost {
+                        Some(reason) => Err(lost_error(reason)),
+                        None if closed => Err(Error::Closed("rabbitmq broker")),
+                        None => Err(Error::Broker {
+                            backend: "rabbitmq",
+                            reason: reason.clone(),
+                        }),
+                    }));
+                    continue;
                 }
             };
-            if let Err(Error::Connection { reason, .. }) = &sent {
-                connection_lost.get_or_insert_with(|| reason.clone());
+            let sent = join_all(window.iter().map(|message| {
+                let channel = &channel;
+                async move {
+                    message.validate()?;
+                    channel
+                        .basic_publish(
+                            shared.exchange.as_str().into(),
+                            message.topic.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: shared.mandatory,
+                                ..Default::default()
+                            },
+                            &message.payload,
+                            codec::properties(message, 1),
+                        )
+                        .await
+                        .map_err(|err| shared.publish_link.error(err))
+                }
+            }))
+            .await;
+            let confirmed = join_all(window.iter().zip(sent).map(|(message, sent)| async move {
+                shared.confirmed(sent?, &message.topic).await?;
+                Ok(receipt(message.id.clone()))
+            }))
+            .await;
+            if lost.is_none() {
+                lost = confirmed.iter().find_map(|r| match r {
+                    Err(Error::Connection { reason, .. }) => Some(reason.clone()),
+                    _ => None,
+                });
             }
-            match sent {
-                Ok(confirm) => in_flight.push_back((index, confirm)),
-                Err(err) => results[index] = Some(Err(err)),
-            }
-        }
-        for (i, confirm) in in_flight {
-            let confirmed = self.shared.confirmed(confirm, &messages[i].topic).await;
-            results[i] = Some(confirmed.map(|()| receipt(messages[i].id.clone())));
+            results.extend(confirmed);
         }
         results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(Error::Closed("rabbitmq broker"))))
-            .collect()
     }
 
     async fn flush(&self, _timeout: Duration) -> Result<()> {
