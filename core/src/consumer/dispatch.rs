@@ -100,10 +100,9 @@ impl Dispatcher {
         tracker: TaskTracker,
         abort: CancellationToken,
         counters: Arc<Counters>,
-        one_lane: bool,
     ) -> Self {
         Dispatcher {
-            one_lane,
+            one_lane: false,
             handler,
             retry,
             dead_letters,
@@ -113,6 +112,12 @@ impl Dispatcher {
             counters,
             lanes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sends every delivery through one lane: handled in the order received, one at a time.
+    pub fn sequential(mut self, one_lane: bool) -> Self {
+        self.one_lane = one_lane;
+        self
     }
 
     pub fn counters(&self) -> &Counters {

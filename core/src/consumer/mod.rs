@@ -138,8 +138,8 @@ impl Consumer {
             tracker.clone(),
             abort.clone(),
             counters.clone(),
-            options.sequential_ahead.is_some(),
-        ));
+        )
+        .sequential(options.sequential_ahead.is_some()));
         let fetch = tokio::spawn(fetch_loop(
             subscription,
             Arc::new(Semaphore::new(concurrency)),
