@@ -130,16 +130,18 @@ impl Consumer {
         let counters = Arc::new(Counters::default());
         let dead_letters = dead_letter::DeadLetterer::new(broker.clone(), options.dead_letter);
         let dedup = options.dedup.map(|d| (d, group));
-        let dispatcher = Arc::new(Dispatcher::new(
-            handler,
-            options.retry,
-            dead_letters,
-            dedup,
-            tracker.clone(),
-            abort.clone(),
-            counters.clone(),
-        )
-        .sequential(options.sequential_ahead.is_some()));
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                handler,
+                options.retry,
+                dead_letters,
+                dedup,
+                tracker.clone(),
+                abort.clone(),
+                counters.clone(),
+            )
+            .sequential(options.sequential_ahead.is_some()),
+        );
         let fetch = tokio::spawn(fetch_loop(
             subscription,
             Arc::new(Semaphore::new(concurrency)),
