@@ -114,15 +114,7 @@ impl Port {
 
     /// Queues a result; wakes the loop if the queue was empty.
     fn push(&self, future: Py<PyAny>, ready: Box<dyn Ready>) {
-        let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.push((future, ready));
-            queue.len() == 1
-        };
-        if was_empty {
-            // A full socket means a wake-up is pending already.
-            let _ = (&self.wake_tx).write(&[1]);
-        }
+        self.push_many(std::iter::once((future, ready)));
     }
 
     /// Queues many results at once.
@@ -367,11 +359,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    spawn_ready(
-        py,
-        async move { Box::new(Value(work.await)) as Box<dyn Ready> },
-        true,
-    )
+    spawn_with(py, async move { Value(work.await) })
 }
 
 /// Like [`spawn_cancellable`] for work whose result must be handed back when nobody takes it.
