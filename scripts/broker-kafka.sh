@@ -13,6 +13,10 @@
 #   POLYBUS_CACHE           cache root (default ~/.cache/polybus); Kafka lives in $POLYBUS_CACHE/kafka
 #   KAFKA_HEAP_OPTS         JVM heap flags (default -Xms256m -Xmx768m)
 #   KAFKA_START_TIMEOUT     seconds to wait for the broker to start (default 90)
+#   POLYBUS_KEEP_BROKER_DATA=1  keep the topics of the previous run when the broker starts
+#                           (by default every start begins with empty storage: the tests make
+#                           thousands of uniquely named topics, and a broker loading all of them
+#                           again takes minutes to start on a small machine)
 set -euo pipefail
 
 # shellcheck disable=SC2034 # read by lib/common.sh
@@ -330,15 +334,22 @@ jvm_logging_opts() {
     fi
 }
 
-# Formats the KRaft storage once (again only if another Kafka version formatted it).
+# Formats the KRaft storage: empty on every start, unless POLYBUS_KEEP_BROKER_DATA=1 asks to keep
+# what the same Kafka version left (another version's storage is always wiped).
 format_storage() {
     local version=$1 libs
     libs=$(libs_dir "$version")
     if [[ -f $DATA_DIR/meta.properties && -f $FORMATTED_BY_FILE ]]; then
         local previous
         previous=$(cat "$FORMATTED_BY_FILE")
-        [[ $previous == "$version" ]] && return 0
-        say "data dir was formatted by Kafka $previous; wiping it for $version (test data only)"
+        if [[ $previous != "$version" ]]; then
+            say "data dir was formatted by Kafka $previous; wiping it for $version (test data only)"
+        elif [[ ${POLYBUS_KEEP_BROKER_DATA:-0} == 1 ]]; then
+            say "keeping the topics of the previous run (POLYBUS_KEEP_BROKER_DATA=1)"
+            return 0
+        else
+            say "starting with empty storage (test data only; POLYBUS_KEEP_BROKER_DATA=1 keeps it)"
+        fi
     elif [[ -f $DATA_DIR/meta.properties ]]; then
         say "data dir has no version marker; wiping it"
     fi

@@ -19,6 +19,8 @@
 #   POLYBUS_CACHE            cache root (default ~/.cache/polybus); RabbitMQ lives in $POLYBUS_CACHE/rabbitmq
 #   RABBITMQ_START_TIMEOUT   seconds to wait for the broker to start (default 90)
 #   RABBITMQ_MEMORY_LIMIT    memory high watermark, above which publishers are blocked (default 1GB)
+#   POLYBUS_KEEP_BROKER_DATA=1  keep the queues of the previous run when the node starts (by
+#                            default a new node starts empty; restart-app always keeps them)
 set -euo pipefail
 
 # shellcheck disable=SC2034 # read by lib/common.sh
@@ -437,6 +439,10 @@ cmd_up() {
 
     ensure_rabbitmq
     write_config
+    if [[ ${POLYBUS_KEEP_BROKER_DATA:-0} != 1 && -d $MNESIA_BASE/$NODENAME ]]; then
+        say "starting with an empty node (test data only; POLYBUS_KEEP_BROKER_DATA=1 keeps it)"
+        rm -rf "${MNESIA_BASE:?}/$NODENAME" "$MNESIA_BASE/$NODENAME"-*
+    fi
     start_node
     wait_started
     say "up on $HOST:$PORT (node $NODENAME, pid $(our_pid || echo "?")) after $((SECONDS - started))s; logs: $SERVER_LOG"

@@ -12,8 +12,8 @@ use polybus::{
     Consumer, ConsumerOptions, Message, RetryPolicy, SharedBroker, SubscriptionSpec, handler_fn,
 };
 
-/// Runs `scripts/<script> <action>` (the provisioning scripts keep the server's data across
-/// stop and start), failing the test if it fails. (The Redis drill runs a server of its own.)
+/// Runs `scripts/<script> <action>` with `POLYBUS_KEEP_BROKER_DATA=1`, so the server keeps its
+/// data across stop and start, failing the test if it fails. (The Redis drill runs a server of its own.)
 #[allow(dead_code)]
 pub fn broker_script(script: &str, action: &str) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,6 +22,8 @@ pub fn broker_script(script: &str, action: &str) {
     let status = Command::new("bash")
         .arg(&script)
         .arg(action)
+        // A restart, not a new broker: what was stored before the outage must still be there.
+        .env("POLYBUS_KEEP_BROKER_DATA", "1")
         .status()
         .expect("running the broker script");
     assert!(status.success(), "{} {action} failed", script.display());
