@@ -14,7 +14,7 @@ use crate::errors::{
     Class, Context, block_error, config_error, engine_error, engine_error_with, throw,
 };
 use crate::interface::{MessageBrokerInterface, PhpInterfaceMessageBrokerInterface};
-use crate::runtime::{block_on, runtime};
+use crate::runtime::{block_on, run};
 
 /// How long dropping a broker (end of request or process) waits for queued messages.
 const FLUSH_AT_DROP: Duration = Duration::from_secs(5);
@@ -323,14 +323,18 @@ impl Drop for Broker {
         let Some(broker) = self.inner.take() else {
             return;
         };
-        let Ok(runtime) = runtime() else {
-            std::mem::forget(broker);
-            return;
-        };
-        runtime.block_on(async move {
-            let _ = tokio::time::timeout(FLUSH_AT_DROP, broker.flush(FLUSH_AT_DROP)).await;
+        let mut broker = Some(broker);
+        let flushed = run(async {
+            let broker = broker.take();
+            if let Some(broker) = &broker {
+                let _ = tokio::time::timeout(FLUSH_AT_DROP, broker.flush(FLUSH_AT_DROP)).await;
+            }
             // Backends may spawn clean-up tasks when dropped: drop inside the runtime.
             drop(broker);
         });
+        if flushed.is_err() {
+            // No runtime to drop it in (its keeper thread could not be spawned).
+            std::mem::forget(broker);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `Broker::consume`: the engine's consumer runtime, with the PHP callable as its handler.
 //!
-//! The runtime (concurrency, per-key order, retries, dead letters, acknowledgements) runs on
-//! the tokio workers and hands jobs over through a [`HandlerBridge`]. This thread pulls them
+//! The runtime (concurrency, per-key order, retries, dead letters, acknowledgements) runs as
+//! tokio tasks and hands jobs over through a [`HandlerBridge`]. This thread pulls them
 //! in bounded slices, calls the PHP handler for each, and reports the outcome. Between slices
 //! and after each message it runs pending pcntl signal handlers and asks the `stop` callable.
 //! It never pulls more jobs than it still has to handle, so at the end only jobs nobody

@@ -51,7 +51,7 @@ extern "C" fn module_startup(_type: i32, _module_number: i32) -> i32 {
     }
 }
 
-/// Module shutdown: stop the runtime's worker threads before PHP unloads this library, so no
+/// Module shutdown: stop the runtime and its keeper thread before PHP unloads this library, so no
 /// thread runs code that is no longer mapped. Objects (and their flushes) are gone by now:
 /// PHP destroys them at the end of the request.
 extern "C" fn module_shutdown(_type: i32, _module_number: i32) -> i32 {

@@ -2,78 +2,174 @@
 //!
 //! PHP calls the extension from one thread and expects each call to return; the engine is
 //! async. Every blocking call goes through [`block_on`] with a deadline, so no call waits
-//! without bound. A process forked after the runtime started (pcntl_fork, php-fpm's workers
-//! are forked before any request) gets a fresh runtime: the parent's worker threads do not
+//! without bound.
+//!
+//! The runtime is a current-thread one: while PHP waits in a call, its own thread drives the
+//! I/O and the engine's tasks, so a publish is a write and a read on the calling thread, with no
+//! hand-off to a worker thread and back (with worker threads, those two wake-ups cost more than
+//! the round trip to a local Redis). Between calls, while PHP runs its own code, a keeper thread
+//! drives the runtime every [`KEEPER_TICK`], so heartbeats, reconnects, confirms and failover
+//! replays go on. A process forked after the runtime started (pcntl_fork, php-fpm's workers are
+//! forked before any request) gets a fresh runtime and keeper: the parent's threads do not
 //! exist in the child.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::runtime::{Builder, Runtime};
 
-/// Worker threads of the runtime: the PHP thread only waits, the workers drive the I/O.
-const WORKER_THREADS: usize = 2;
+/// How often the keeper drives the runtime while no PHP call does.
+const KEEPER_TICK: Duration = Duration::from_millis(20);
 
-/// The runtime and the process it was created in.
-static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+/// Scheduler rounds per keeper tick: each polls the I/O driver without waiting and runs the
+/// tasks that are ready.
+const KEEPER_ROUNDS: usize = 4;
 
-/// The runtime of this process, created on first use.
-pub fn runtime() -> std::io::Result<Arc<Runtime>> {
-    let mut slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+/// The runtime of this process, and the thread that drives it between PHP calls.
+struct Engine {
+    pid: u32,
+    runtime: Arc<Runtime>,
+    /// A PHP call is driving the runtime (the keeper leaves it alone).
+    busy: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    keeper: Option<JoinHandle<()>>,
+}
+
+static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
+
+/// What a call needs to drive the runtime.
+struct Driver {
+    runtime: Arc<Runtime>,
+    busy: Arc<AtomicBool>,
+}
+
+fn driver() -> std::io::Result<Driver> {
+    let mut slot = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
-    if let Some((owner, runtime)) = slot.as_ref() {
-        if *owner == pid {
-            return Ok(runtime.clone());
+    if let Some(engine) = slot.as_ref() {
+        if engine.pid == pid {
+            return Ok(Driver {
+                runtime: engine.runtime.clone(),
+                busy: engine.busy.clone(),
+            });
         }
-        // Forked: the parent's worker threads are gone, so dropping its runtime would wait
-        // for them for ever. Leak it instead.
-        if let Some((_, stale)) = slot.take() {
+        // Forked: the parent's keeper thread is gone, and dropping its runtime could wait for
+        // blocking threads that do not exist here. Leak it instead.
+        if let Some(stale) = slot.take() {
             std::mem::forget(stale);
         }
     }
     let runtime = Arc::new(
-        Builder::new_multi_thread()
-            .worker_threads(WORKER_THREADS)
+        Builder::new_current_thread()
             .thread_name("polybus-php")
             .enable_all()
             .build()?,
     );
-    *slot = Some((pid, runtime.clone()));
-    Ok(runtime)
+    let busy = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let keeper = {
+        let (runtime, busy, stop) = (Arc::downgrade(&runtime), busy.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("polybus-php-keeper".into())
+            .spawn(move || keep(runtime, busy, stop))?
+    };
+    *slot = Some(Engine {
+        pid,
+        runtime: runtime.clone(),
+        busy: busy.clone(),
+        stop,
+        keeper: Some(keeper),
+    });
+    Ok(Driver { runtime, busy })
+}
+
+/// The keeper: every tick that finds no PHP call driving the runtime, runs what is ready.
+fn keep(runtime: Weak<Runtime>, busy: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    loop {
+        std::thread::park_timeout(KEEPER_TICK);
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        if busy.load(Ordering::Acquire) {
+            continue;
+        }
+        let Some(runtime) = runtime.upgrade() else {
+            return;
+        };
+        // A task's panic stays in its task; anything else must not end the keeper.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                for _ in 0..KEEPER_ROUNDS {
+                    tokio::task::yield_now().await;
+                }
+            })
+        }));
+    }
+}
+
+/// Marks a PHP call as driving the runtime for as long as it lives.
+struct Busy(Arc<AtomicBool>);
+
+impl Busy {
+    fn new(flag: Arc<AtomicBool>) -> Busy {
+        flag.store(true, Ordering::Release);
+        Busy(flag)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Runs `future` to completion on the calling thread, which drives the runtime meanwhile.
+/// Without a deadline: for futures that bound themselves.
+pub fn run<F: Future>(future: F) -> std::io::Result<F::Output> {
+    let driver = driver()?;
+    let _busy = Busy::new(driver.busy);
+    Ok(driver.runtime.block_on(future))
 }
 
 /// Runs `future` to completion on the runtime, giving up after `limit` (the future is then
 /// dropped, which cancels it).
 pub fn block_on<F: Future>(limit: Duration, future: F) -> Result<F::Output, BlockError> {
-    let runtime = runtime().map_err(BlockError::Runtime)?;
-    runtime
-        .block_on(async { tokio::time::timeout(limit, future).await })
+    run(async { tokio::time::timeout(limit, future).await })
+        .map_err(BlockError::Runtime)?
         .map_err(|_| BlockError::Elapsed(limit))
 }
 
 /// Why a blocking wait did not produce a value.
 #[derive(Debug)]
 pub enum BlockError {
-    /// The runtime could not be created (threads could not be spawned).
+    /// The runtime could not be created (its keeper thread could not be spawned).
     Runtime(std::io::Error),
     /// The deadline passed.
     Elapsed(Duration),
 }
 
-/// Stops the runtime at module shutdown, before PHP unloads the extension's code: worker
-/// threads must not outlive the library they run in. Waits at most `limit` for tasks.
+/// Stops the keeper and the runtime at module shutdown, before PHP unloads the extension's
+/// code: no thread may outlive the library it runs in. Waits at most `limit` for tasks.
 pub fn shutdown(limit: Duration) {
-    let taken = RUNTIME.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some((owner, runtime)) = taken {
-        if owner != std::process::id() {
-            std::mem::forget(runtime);
-            return;
-        }
-        match Arc::try_unwrap(runtime) {
-            Ok(runtime) => runtime.shutdown_timeout(limit),
-            // Someone still holds it (a broker dropped late): leave it be rather than block.
-            Err(shared) => std::mem::forget(shared),
-        }
+    let taken = ENGINE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some(mut engine) = taken else {
+        return;
+    };
+    if engine.pid != std::process::id() {
+        std::mem::forget(engine);
+        return;
+    }
+    engine.stop.store(true, Ordering::Release);
+    if let Some(keeper) = engine.keeper.take() {
+        keeper.thread().unpark();
+        let _ = keeper.join();
+    }
+    match Arc::try_unwrap(engine.runtime) {
+        Ok(runtime) => runtime.shutdown_timeout(limit),
+        // Someone still holds it (a broker dropped late): leave it be rather than block.
+        Err(shared) => std::mem::forget(shared),
     }
 }
