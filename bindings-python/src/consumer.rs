@@ -9,7 +9,7 @@ use polybus::{
     RetryPolicy, SharedBroker, StartPosition, SubscriptionSpec,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
 
 use crate::completion::Ready;
 use crate::errors::to_py;
@@ -69,7 +69,8 @@ impl ConsumerSettings {
 
 /// A batch of jobs as a list of tuples:
 /// `(token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
-/// offset, run)`: jobs with the same `run` id are handled one after another, in order.
+/// offset, run, body)`: jobs with the same `run` id are handled one after another, in order;
+/// `body` is the decoded JSON payload, or `NOT_DECODED` for Python to decode.
 pub struct JobBatch {
     jobs: Vec<Job>,
     bridge: Arc<HandlerBridge>,
@@ -84,6 +85,7 @@ impl Ready for JobBatch {
             for (name, value) in m.headers {
                 headers.set_item(name, value)?;
             }
+            let body = crate::decode::body(py, &m.payload, &m.content_type)?;
             let item = PyTuple::new(
                 py,
                 [
@@ -99,6 +101,7 @@ impl Ready for JobBatch {
                     job.meta.partition.into_pyobject(py)?.into_any(),
                     job.meta.offset.into_pyobject(py)?.into_any(),
                     job.run.into_pyobject(py)?.into_any(),
+                    body,
                 ],
             )?;
             list.append(item)?;
@@ -196,24 +199,31 @@ impl NativeConsumer {
         })
     }
 
-    /// Reports outcomes: `(token, error, error_type, permanent)`; `error` None means success.
-    fn complete(&self, outcomes: Vec<(u64, Option<String>, Option<String>, bool)>) {
-        self.bridge
-            .complete(outcomes.into_iter().map(|(token, error, kind, permanent)| {
-                let outcome = match error {
-                    None => Ok(()),
-                    Some(message) => {
-                        let mut err = if permanent {
-                            HandlerError::permanent(message)
-                        } else {
-                            HandlerError::retryable(message)
-                        };
-                        err.kind = kind;
-                        Err(err)
-                    }
-                };
-                (token, outcome)
-            }));
+    /// Reports outcomes: a token alone for a success, `(token, error, error_type, permanent)`
+    /// for a failure. Well-formed outcomes are reported even when another one is not.
+    fn complete(&self, outcomes: &Bound<'_, PyList>) -> PyResult<()> {
+        let mut settled = Vec::with_capacity(outcomes.len());
+        let mut malformed = None;
+        for item in outcomes.iter() {
+            if let Ok(token) = item.cast::<PyInt>() {
+                settled.push((token.extract::<u64>()?, Ok(())));
+                continue;
+            }
+            match item.extract::<(u64, String, Option<String>, bool)>() {
+                Ok((token, message, kind, permanent)) => {
+                    let mut err = if permanent {
+                        HandlerError::permanent(message)
+                    } else {
+                        HandlerError::retryable(message)
+                    };
+                    err.kind = kind;
+                    settled.push((token, Err(err)));
+                }
+                Err(err) => malformed = Some(err),
+            }
+        }
+        self.bridge.complete(settled);
+        malformed.map_or(Ok(()), Err)
     }
 
     /// Waits until the subscription receives (for Kafka: partitions assigned).

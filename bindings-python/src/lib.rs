@@ -6,6 +6,7 @@ mod broker;
 mod completion;
 mod consumer;
 mod dead_letters;
+mod decode;
 mod errors;
 mod payload;
 mod receipt;
@@ -20,6 +21,8 @@ fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<broker::Broker>()?;
     m.add_class::<consumer::NativeConsumer>()?;
     m.add_class::<receipt::Receipt>()?;
+    m.add("NOT_DECODED", decode::not_decoded(m.py())?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_body, m)?)?;
     errors::register(m)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Awaitable, Iterable
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 __version__: str
 
@@ -21,7 +21,15 @@ Job = tuple[
     Optional[int],
     Optional[int],
     Optional[int],
+    Any,
 ]
+# What `complete` takes: a token alone for a success, (token, error, error_type, permanent).
+Outcome = Union[int, tuple[int, str, Optional[str], bool]]
+
+# Put in a job in place of a body the engine left to Python to decode.
+NOT_DECODED: object
+
+def _decode_body(payload: bytes, content_type: str) -> Any: ...
 
 class PolybusError(Exception): ...
 class ConfigurationError(PolybusError): ...
@@ -107,7 +115,7 @@ class Broker:
 
 class NativeConsumer:
     def next_batch(self, max: int, wait: float) -> Awaitable[list[Job]]: ...
-    def complete(self, outcomes: list[tuple[int, Optional[str], Optional[str], bool]]) -> None: ...
+    def complete(self, outcomes: list[Outcome]) -> None: ...
     def wait_ready(self, timeout: float) -> Awaitable[None]: ...
     def stop(self) -> Awaitable[dict[str, int]]: ...
     def stats(self) -> dict[str, int]: ...
