@@ -58,6 +58,26 @@ impl Message {
         }
     }
 
+    /// A message read from a broker, with the id, content type and time it carries: no id is
+    /// generated and no clock read for it.
+    pub(crate) fn received(
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+        id: String,
+        content_type: String,
+        timestamp_ms: i64,
+    ) -> Self {
+        Message {
+            id,
+            topic: topic.into(),
+            key: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            content_type,
+            timestamp_ms,
+        }
+    }
+
     /// A message with a UTF-8 text payload.
     pub fn text(topic: impl Into<String>, text: impl Into<String>) -> Self {
         Message::bytes(topic, text.into()).with_content_type(CONTENT_TYPE_TEXT)

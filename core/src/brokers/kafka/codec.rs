@@ -6,7 +6,7 @@ use rdkafka::Timestamp;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
-use crate::message::Message;
+use crate::message::{Message, now_ms};
 use crate::wire::{
     HEADER_ATTEMPT, HEADER_CONTENT_TYPE, HEADER_ID, parse_attempt, sniff_content_type,
 };
@@ -49,19 +49,12 @@ pub(super) fn to_record(message: &Message, attempt: u32) -> FutureRecord<'_, str
 /// get a stable id (`topic-partition-offset`) and a sniffed content type.
 pub(super) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, u32) {
     let payload = record.payload().unwrap_or_default();
-    let mut message = Message::bytes(record.topic(), bytes::Bytes::copy_from_slice(payload));
-    message.key = record
-        .key()
-        .map(|k| String::from_utf8_lossy(k).into_owned());
-    message.timestamp_ms = match record.timestamp() {
-        Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => ms,
-        Timestamp::NotAvailable => message.timestamp_ms,
-    };
     let mut id = None;
     let mut content_type = None;
     let mut attempt = 1;
-    if let Some(headers) = record.headers() {
-        for header in headers.iter() {
+    let mut headers = crate::message::Headers::new();
+    if let Some(record_headers) = record.headers() {
+        for header in record_headers.iter() {
             let value = header.value.unwrap_or_default();
             match header.key {
                 HEADER_ID => id = Some(String::from_utf8_lossy(value).into_owned()),
@@ -70,14 +63,12 @@ pub(super) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, u32) {
                 }
                 HEADER_ATTEMPT => attempt = parse_attempt(Some(value)),
                 name => {
-                    message
-                        .headers
-                        .insert(name.to_owned(), String::from_utf8_lossy(value).into_owned());
+                    headers.insert(name.to_owned(), String::from_utf8_lossy(value).into_owned());
                 }
             }
         }
     }
-    message.id = id.unwrap_or_else(|| {
+    let id = id.unwrap_or_else(|| {
         format!(
             "{}-{}-{}",
             record.topic(),
@@ -85,6 +76,21 @@ pub(super) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, u32) {
             record.offset()
         )
     });
-    message.content_type = content_type.unwrap_or_else(|| sniff_content_type(payload).to_owned());
+    let content_type = content_type.unwrap_or_else(|| sniff_content_type(payload).to_owned());
+    let timestamp_ms = match record.timestamp() {
+        Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => ms,
+        Timestamp::NotAvailable => now_ms(),
+    };
+    let mut message = Message::received(
+        record.topic(),
+        bytes::Bytes::copy_from_slice(payload),
+        id,
+        content_type,
+        timestamp_ms,
+    );
+    message.key = record
+        .key()
+        .map(|k| String::from_utf8_lossy(k).into_owned());
+    message.headers = headers;
     (message, attempt)
 }

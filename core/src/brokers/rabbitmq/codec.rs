@@ -57,16 +57,16 @@ pub(super) fn from_amqp(
         .as_ref()
         .map(|c| c.as_str().to_owned())
         .unwrap_or_else(|| sniff_content_type(&body).to_owned());
-    let mut message = Message::bytes(routing_key, body).with_content_type(content_type);
-    message.id = properties
+    let id = properties
         .message_id()
         .as_ref()
         .map(|id| id.as_str().to_owned())
         .unwrap_or_else(new_message_id);
-    message.timestamp_ms = properties
+    let timestamp_ms = properties
         .timestamp()
         .map(|seconds| seconds as i64 * 1000)
         .unwrap_or_else(now_ms);
+    let mut message = Message::received(routing_key, body, id, content_type, timestamp_ms);
     let mut attempt = 1;
     if let Some(headers) = properties.headers() {
         for (name, value) in headers.inner() {

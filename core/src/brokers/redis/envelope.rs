@@ -141,14 +141,10 @@ fn decode_envelope(raw: &[u8], topic: &str) -> Option<(Message, u32)> {
     let content_type = incoming
         .content_type
         .unwrap_or_else(|| sniff_content_type(&payload).to_owned());
-    let mut message = Message::bytes(topic, payload)
-        .with_id(incoming.id)
-        .with_content_type(content_type);
+    let timestamp_ms = incoming.timestamp.unwrap_or_else(crate::message::now_ms);
+    let mut message = Message::received(topic, payload, incoming.id, content_type, timestamp_ms);
     message.key = incoming.key;
     message.headers = incoming.headers;
-    if let Some(timestamp) = incoming.timestamp {
-        message.timestamp_ms = timestamp;
-    }
     let attempt = incoming.attempt.filter(|a| *a >= 1).unwrap_or(1);
     Some((message, attempt))
 }
