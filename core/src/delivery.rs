@@ -123,9 +123,16 @@ impl Delivery {
     }
 
     fn take_message(&mut self) -> Message {
+        // An empty placeholder: no id is generated and no clock read for it.
         std::mem::replace(
             &mut self.message,
-            Message::bytes(String::new(), bytes::Bytes::new()),
+            Message::received(
+                String::new(),
+                bytes::Bytes::new(),
+                String::new(),
+                String::new(),
+                0,
+            ),
         )
     }
 }

@@ -269,24 +269,27 @@ impl Dispatcher {
     }
 
     /// Settles a delivery by the handler's outcome (`None`: stopped before it finished).
+    ///
+    /// The paths other than success are boxed: their futures (retries, dead letters) are large,
+    /// and every delivery's task would otherwise carry and copy them.
     async fn settle(&self, delivery: Delivery, claim: Claim, outcome: Outcome) {
         if !matches!(outcome, Some(Ok(Ok(())))) {
-            self.unclaim(claim).await;
+            Box::pin(self.unclaim(claim)).await;
         }
         let settled = match outcome {
             None => {
-                self.give_back(delivery).await;
+                Box::pin(self.give_back(delivery)).await;
                 return;
             }
             Some(Ok(Ok(()))) => {
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                 delivery.ack().await
             }
-            Some(Ok(Err(err))) => self.fail(delivery, err).await,
+            Some(Ok(Err(err))) => Box::pin(self.fail(delivery, err)).await,
             Some(Err(reason)) => {
                 let err = HandlerError::retryable(format!("handler panicked: {reason}"))
                     .with_kind("panic");
-                self.fail(delivery, err).await
+                Box::pin(self.fail(delivery, err)).await
             }
         };
         if let Err(err) = settled {

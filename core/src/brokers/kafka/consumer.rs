@@ -786,7 +786,8 @@ impl Acknowledger for KafkaAcker {
             if !self.shared.tracker.is_current(&self.tp, self.generation) {
                 return Ok(()); // the partition moved on; its new owner reads the message again
             }
-            match self.to_retry_topic(&message, delay).await {
+            // Boxed: the produce future is large, and every settle would otherwise copy it.
+            match Box::pin(self.to_retry_topic(&message, delay)).await {
                 Ok(()) => {
                     self.shared
                         .tracker
