@@ -30,7 +30,8 @@ const KEEPER_ROUNDS: usize = 4;
 
 /// The runtime of this process, and the thread that drives it between PHP calls.
 struct Engine {
-    pid: u32,
+    /// The process that created it (`polybus::process::generation`).
+    generation: u64,
     runtime: Arc<Runtime>,
     /// A PHP call is driving the runtime (the keeper leaves it alone).
     busy: Arc<AtomicBool>,
@@ -48,9 +49,9 @@ struct Driver {
 
 fn driver() -> std::io::Result<Driver> {
     let mut slot = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    let pid = std::process::id();
+    let generation = polybus::process::generation();
     if let Some(engine) = slot.as_ref() {
-        if engine.pid == pid {
+        if engine.generation == generation {
             return Ok(Driver {
                 runtime: engine.runtime.clone(),
                 busy: engine.busy.clone(),
@@ -77,7 +78,7 @@ fn driver() -> std::io::Result<Driver> {
             .spawn(move || keep(runtime, busy, stop))?
     };
     *slot = Some(Engine {
-        pid,
+        generation,
         runtime: runtime.clone(),
         busy: busy.clone(),
         stop,
@@ -158,7 +159,7 @@ pub fn shutdown(limit: Duration) {
     let Some(mut engine) = taken else {
         return;
     };
-    if engine.pid != std::process::id() {
+    if engine.generation != polybus::process::generation() {
         std::mem::forget(engine);
         return;
     }

@@ -65,7 +65,7 @@ struct Port {
     /// The loop, weakly: a port must not keep a closed loop alive.
     event_loop: Py<PyWeakrefReference>,
     /// The process that created the port (a forked child needs a port of its own).
-    pid: u32,
+    generation: u64,
 }
 
 impl Port {
@@ -84,7 +84,7 @@ impl Port {
             queue: Mutex::new(Vec::new()),
             outbox: Mutex::new(Vec::new()),
             event_loop: PyWeakrefReference::new(event_loop)?.unbind(),
-            pid: std::process::id(),
+            generation: polybus::process::generation(),
             wake_tx,
             wake_rx,
         });
@@ -104,7 +104,7 @@ impl Port {
 
     /// Whether this port serves `event_loop` in this process.
     fn serves(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> bool {
-        self.pid == std::process::id()
+        self.generation == polybus::process::generation()
             && self
                 .event_loop
                 .bind(py)

@@ -6,15 +6,15 @@ use std::sync::Mutex;
 
 use tokio::runtime::Runtime;
 
-/// The runtime of the current process, with the id of the process that created it.
-static CURRENT: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+/// The runtime of the current process, with the generation that created it.
+static CURRENT: Mutex<Option<(u64, &'static Runtime)>> = Mutex::new(None);
 
 /// This process's runtime, created on first use (and again after a fork).
 pub fn get() -> &'static Runtime {
-    let pid = std::process::id();
+    let generation = polybus::process::generation();
     let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((owner, runtime)) = *current
-        && owner == pid
+        && owner == generation
     {
         return runtime;
     }
@@ -27,6 +27,6 @@ pub fn get() -> &'static Runtime {
             .build()
             .unwrap_or_else(|err| panic!("cannot start the polybus runtime: {err}")),
     ));
-    *current = Some((pid, runtime));
+    *current = Some((generation, runtime));
     runtime
 }

@@ -30,6 +30,7 @@ pub mod error;
 pub mod failover;
 pub mod hub;
 pub mod message;
+pub mod process;
 pub mod subscription;
 pub mod wire;
 

@@ -76,6 +76,46 @@ abstract class BrokerContractTest extends TestCase
         self::assertSame(['second' => 2.5], $seen[1]->payload());
     }
 
+    /**
+     * A child made by pcntl_fork after the parent used the extension gets an engine of its own
+     * (the parent's threads do not exist in it) and can publish and consume.
+     */
+    public function testAForkedChildPublishesAndConsumesOnItsOwnEngine(): void
+    {
+        $parent = $this->broker();
+        $topic = $this->prepare($parent, $this->destination('fork'));
+        $parent->publish($topic, ['from' => 'parent']);
+
+        $pid = pcntl_fork();
+        self::assertNotSame(-1, $pid, 'pcntl_fork failed');
+        if ($pid === 0) {
+            // The child leaves by exec, so no destructor of the parent's objects runs here.
+            $ok = false;
+            try {
+                $child = $this->broker();
+                $child->publish($topic, ['from' => 'child']);
+                $seen = [];
+                $child->consume($topic, static function (Message $m) use (&$seen): void {
+                    $seen[] = $m->payload()['from'];
+                }, 2, $this->patience());
+                $ok = $seen === ['parent', 'child'] || ($seen === ['child'] && $this->processLocal());
+            } catch (\Throwable $e) {
+                fwrite(STDERR, "child: {$e->getMessage()}\n");
+            }
+            pcntl_exec($ok ? '/bin/true' : '/bin/false');
+        }
+        pcntl_waitpid($pid, $status);
+        self::assertTrue(pcntl_wifexited($status), 'the child did not exit');
+        self::assertSame(0, pcntl_wexitstatus($status), 'the child could not publish and consume');
+        $parent->publish($topic, ['from' => 'parent again']);
+    }
+
+    /** Whether the broker lives in the process (a child starts with its own, empty one). */
+    protected function processLocal(): bool
+    {
+        return false;
+    }
+
     public function testPublishBatchPublishesEveryPayloadInOrder(): void
     {
         $broker = $this->broker();

@@ -13,4 +13,9 @@ final class MemoryTest extends BrokerContractTest
     {
         return 'memory://php-tests';
     }
+
+    protected function processLocal(): bool
+    {
+        return true;
+    }
 }
