@@ -22,7 +22,7 @@ use ::redis::aio::ConnectionManager;
 use ::redis::{Cmd, RedisResult, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, Blocked, Dedicated, bytes_of, items_of, text_of};
@@ -212,6 +212,17 @@ struct Shared {
     /// Orders idle-time refreshes and releases, so a refresh never takes back an entry
     /// released meanwhile.
     gate: tokio::sync::Mutex<()>,
+    /// Acknowledgements waiting to go out together.
+    acks: Mutex<AckQueue>,
+}
+
+/// Acknowledgements settled while others were being sent: each waits for the next `XACK`.
+#[derive(Default)]
+struct AckQueue {
+    /// Per stream, the entry ids and who waits for their `XACK`.
+    waiting: Vec<Vec<(String, oneshot::Sender<RedisResult<()>>)>>,
+    /// A task is sending acknowledgements (and sends these next).
+    sending: bool,
 }
 
 /// An entry read or claimed.
@@ -278,6 +289,7 @@ pub(super) async fn subscribe(inner: Arc<Inner>, spec: SubscriptionSpec) -> Resu
         wake: Notify::new(),
         held: Mutex::new(Vec::new()),
         gate: tokio::sync::Mutex::new(()),
+        acks: Mutex::default(),
     });
     shared
         .lock_held()
@@ -594,6 +606,75 @@ impl Shared {
         Ok(u64::try_from(next).ok().map(Duration::from_millis))
     }
 
+    /// Acknowledges (and with `delete`, deletes) an entry. Entries settled together go out in
+    /// one `XACK` per stream: the first starts a task that sends what is waiting, in rounds,
+    /// until nothing is; each settle still waits for its own entry's reply.
+    async fn acknowledge(self: &Arc<Self>, stream: usize, id: &str) -> RedisResult<()> {
+        let (reply, replied) = oneshot::channel();
+        let start = {
+            let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+            if acks.waiting.len() < self.streams.len() {
+                acks.waiting.resize_with(self.streams.len(), Vec::new);
+            }
+            acks.waiting[stream].push((id.to_owned(), reply));
+            !std::mem::replace(&mut acks.sending, true)
+        };
+        if start {
+            // A task of its own: a settle that is cancelled must not strand the others.
+            tokio::spawn(self.clone().send_acknowledgements());
+        }
+        replied.await.unwrap_or_else(|_| {
+            Err(::redis::RedisError::from((
+                ::redis::ErrorKind::Io,
+                "the acknowledgement was not sent",
+            )))
+        })
+    }
+
+    async fn send_acknowledgements(self: Arc<Self>) {
+        // Let the settles that finish alongside the first join its round.
+        tokio::task::yield_now().await;
+        loop {
+            let round: Vec<(usize, Vec<(String, oneshot::Sender<RedisResult<()>>)>)> = {
+                let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+                let round: Vec<_> = acks
+                    .waiting
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, ids)| !ids.is_empty())
+                    .map(|(stream, ids)| (stream, std::mem::take(ids)))
+                    .collect();
+                if round.is_empty() {
+                    acks.sending = false;
+                    return;
+                }
+                round
+            };
+            let mut pipe = ::redis::pipe();
+            for (stream, ids) in &round {
+                let stream = &self.streams[*stream];
+                let ack = pipe.cmd("XACK").arg(&stream.key).arg(&self.group);
+                for (id, _) in ids {
+                    ack.arg(id);
+                }
+                ack.ignore();
+                if stream.retry || self.inner.settings.delete_after_ack {
+                    let delete = pipe.cmd("XDEL").arg(&stream.key);
+                    for (id, _) in ids {
+                        delete.arg(id);
+                    }
+                    delete.ignore();
+                }
+            }
+            let result = pipe.query_async::<()>(&mut self.manager()).await;
+            for (_, ids) in round {
+                for (_, reply) in ids {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        }
+    }
+
     fn lock_held(&self) -> std::sync::MutexGuard<'_, Vec<HashSet<String>>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -754,18 +835,7 @@ impl Acknowledger for StreamAcker {
         let delete = stream.retry || shared.inner.settings.delete_after_ack;
         let mut manager = shared.manager();
         let result = match outcome {
-            Settlement::Ack | Settlement::Reject => {
-                let mut pipe = ::redis::pipe();
-                pipe.cmd("XACK")
-                    .arg(&stream.key)
-                    .arg(&shared.group)
-                    .arg(&self.id)
-                    .ignore();
-                if delete {
-                    pipe.cmd("XDEL").arg(&stream.key).arg(&self.id).ignore();
-                }
-                pipe.query_async::<()>(&mut manager).await
-            }
+            Settlement::Ack | Settlement::Reject => shared.acknowledge(self.stream, &self.id).await,
             Settlement::Requeue { delay } => {
                 let copy = fields(&message, self.attempt.saturating_add(1));
                 let delay_ms =
