@@ -216,11 +216,14 @@ struct Shared {
     acks: Mutex<AckQueue>,
 }
 
+/// An entry id to acknowledge, and who waits for the reply.
+type AckWaiter = (String, oneshot::Sender<RedisResult<()>>);
+
 /// Acknowledgements settled while others were being sent: each waits for the next `XACK`.
 #[derive(Default)]
 struct AckQueue {
     /// Per stream, the entry ids and who waits for their `XACK`.
-    waiting: Vec<Vec<(String, oneshot::Sender<RedisResult<()>>)>>,
+    waiting: Vec<Vec<AckWaiter>>,
     /// A task is sending acknowledgements (and sends these next).
     sending: bool,
 }
@@ -635,7 +638,7 @@ impl Shared {
         // Let the settles that finish alongside the first join its round.
         tokio::task::yield_now().await;
         loop {
-            let round: Vec<(usize, Vec<(String, oneshot::Sender<RedisResult<()>>)>)> = {
+            let round: Vec<(usize, Vec<AckWaiter>)> = {
                 let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
                 let round: Vec<_> = acks
                     .waiting
