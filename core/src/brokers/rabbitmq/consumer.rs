@@ -199,11 +199,8 @@ impl Acknowledger for AmqpAcker {
             }
             Settlement::Requeue { delay } => {
                 let again = self.attempt + 1;
-                match self
-                    .shared
-                    .republish(&self.queue, &message, again, delay)
-                    .await
-                {
+                // Boxed: the republish future is large, and every ack would otherwise copy it.
+                match Box::pin(self.shared.republish(&self.queue, &message, again, delay)).await {
                     Ok(()) => {
                         let result = bounded(self.acker.ack(BasicAckOptions::default())).await;
                         self.check(result)
