@@ -44,8 +44,9 @@ pub fn body<'py>(
 /// `application/json` or `*+json`, parameters and case ignored (as `_codec.decode` reads it).
 fn is_json(content_type: &str) -> bool {
     let kind = content_type.split(';').next().unwrap_or("").trim();
-    kind.eq_ignore_ascii_case("application/json")
-        || (kind.len() >= 5 && kind[kind.len() - 5..].eq_ignore_ascii_case("+json"))
+    let kind = kind.as_bytes();
+    kind.eq_ignore_ascii_case(b"application/json")
+        || (kind.len() >= 5 && kind[kind.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// Whether the document may hold a number serde_json reads differently from Python: 19 digits

@@ -138,6 +138,9 @@ def test_random_documents_decode_as_json_loads_does() -> None:
         ("text/plain; charset=utf-8", False),
         ("application/octet-stream", False),
         ("application/jsonx", False),
+        ("x/é+json", True),
+        ("xéjson", False),
+        ("é", False),
     ],
 )
 def test_only_json_content_types_are_decoded_by_the_engine(
