@@ -4,8 +4,8 @@
 //! differently is left to `polybus._codec.decode` (the job then carries [`NOT_DECODED`]):
 //! anything serde_json refuses (NaN and Infinity literals, lone surrogates, other encodings,
 //! nesting deeper than 128), numbers of 19 digits or more, which Python reads as exact
-//! integers, and `-0`, Python's integer 0. Floats are read with correct rounding (serde_json's `float_roundtrip`), like
-//! Python's `float()`.
+//! integers, and `-0`, Python's integer 0. Floats are read with correct rounding (serde_json's
+//! `float_roundtrip`), like Python's `float()`.
 
 use std::fmt;
 
@@ -32,21 +32,13 @@ pub fn body<'py>(
     payload: &[u8],
     content_type: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    if is_json(content_type)
+    if polybus::wire::is_json_content_type(content_type)
         && !needs_python(payload)
         && let Some(value) = json(py, payload)
     {
         return Ok(value);
     }
     Ok(not_decoded(py)?.bind(py).clone())
-}
-
-/// `application/json` or `*+json`, parameters and case ignored (as `_codec.decode` reads it).
-fn is_json(content_type: &str) -> bool {
-    let kind = content_type.split(';').next().unwrap_or("").trim();
-    let kind = kind.as_bytes();
-    kind.eq_ignore_ascii_case(b"application/json")
-        || (kind.len() >= 5 && kind[kind.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// Whether the document may hold a number serde_json reads differently from Python: 19 digits

@@ -63,6 +63,15 @@ pub const RESERVED_HEADERS: [&str; 9] = [
     HEADER_ORIGIN_OFFSET,
 ];
 
+/// Whether a content type is JSON: `application/json` or any `+json` type, parameters and case
+/// ignored (the rule Python's `polybus._codec.decode` follows too).
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let essence = essence.as_bytes();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() >= 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+}
+
 /// The content type to assume for a payload that came without one (a non-Polybus producer):
 /// JSON when it parses as a JSON object or array, raw bytes otherwise.
 pub fn sniff_content_type(payload: &[u8]) -> &'static str {
@@ -88,6 +97,18 @@ pub fn parse_attempt(value: Option<&[u8]>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_content_type("application/vnd.api+json"));
+        assert!(!is_json_content_type("text/plain"));
+        // Non-ASCII text is compared byte by byte, never split inside a character.
+        assert!(is_json_content_type("x/é+json"));
+        assert!(!is_json_content_type("xéjson"));
+        assert!(!is_json_content_type("é"));
+    }
 
     #[test]
     fn foreign_json_is_recognised() {

@@ -220,7 +220,6 @@ struct Shared {
 type AckWaiter = (String, oneshot::Sender<RedisResult<()>>);
 
 /// Acknowledgements settled while others were being sent: each waits for the next `XACK`.
-#[derive(Default)]
 struct AckQueue {
     /// Per stream, the entry ids and who waits for their `XACK`.
     waiting: Vec<Vec<AckWaiter>>,
@@ -275,7 +274,8 @@ pub(super) async fn subscribe(inner: Arc<Inner>, spec: SubscriptionSpec) -> Resu
                 },
             ]
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let stream_count = streams.len();
     let commands = conn::manager(&inner.client, &inner.settings).await?;
     let shared = Arc::new(Shared {
         inner,
@@ -292,7 +292,12 @@ pub(super) async fn subscribe(inner: Arc<Inner>, spec: SubscriptionSpec) -> Resu
         wake: Notify::new(),
         held: Mutex::new(Vec::new()),
         gate: tokio::sync::Mutex::new(()),
-        acks: Mutex::default(),
+        acks: Mutex::new(AckQueue {
+            waiting: std::iter::repeat_with(Vec::new)
+                .take(stream_count)
+                .collect(),
+            sending: false,
+        }),
     });
     shared
         .lock_held()
@@ -616,9 +621,6 @@ impl Shared {
         let (reply, replied) = oneshot::channel();
         let start = {
             let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
-            if acks.waiting.len() < self.streams.len() {
-                acks.waiting.resize_with(self.streams.len(), Vec::new);
-            }
             acks.waiting[stream].push((id.to_owned(), reply));
             !std::mem::replace(&mut acks.sending, true)
         };
