@@ -24,6 +24,7 @@ macro_rules! suite {
             nack_with_delay_waits_before_redelivery,
             reject_does_not_redeliver,
             unsettled_delivery_comes_back_after_the_subscription_closes,
+            settlements_in_any_order_each_take_effect,
             failing_handler_does_not_ack,
             exhausted_retries_go_to_the_dead_letter_topic,
             a_permanent_failure_skips_the_retries,

@@ -333,6 +333,73 @@ pub async fn reject_does_not_redeliver(broker: SharedBroker) {
     sub.close().await.unwrap();
 }
 
+/// Deliveries held together and settled in a scrambled order, all at once, each get what they
+/// were given: acknowledged ones never come back (not in this subscription, not in the next),
+/// released ones come back once, rejected ones never.
+pub async fn settlements_in_any_order_each_take_effect(broker: SharedBroker) {
+    if !requires(&broker, "redelivery", |c| c.redelivery) {
+        return;
+    }
+    const COUNT: usize = 30;
+    let topic = unique("scrambled");
+    let mut sub = broker.subscribe(spec(&topic, "g")).await.unwrap();
+    publish_numbered(&broker, &topic, COUNT, None).await;
+    let mut held = Vec::with_capacity(COUNT);
+    for _ in 0..COUNT {
+        held.push(recv(&mut sub, "the held messages").await);
+    }
+    // A fixed scramble: every seventh position, so neighbours are settled far apart.
+    let order: Vec<usize> = (0..COUNT).map(|i| (i * 7) % COUNT).collect();
+    let mut slots: Vec<Option<_>> = held.into_iter().map(Some).collect();
+    let mut released = HashSet::new();
+    let mut settles = order.into_iter().map(|i| {
+        let delivery = slots[i].take().expect("each position once");
+        let n = number_of(&delivery.message);
+        if n.is_multiple_of(3) {
+            released.insert(n);
+        }
+        async move {
+            match n % 3 {
+                0 => delivery.release().await,
+                1 => delivery.ack().await,
+                _ => delivery.reject().await,
+            }
+            .unwrap_or_else(|err| panic!("settling message {n}: {err}"))
+        }
+    });
+    // The first half one after the other (each behind unsettled ones), the rest all at once.
+    for settle in settles.by_ref().take(COUNT / 2) {
+        settle.await;
+    }
+    futures::future::join_all(settles).await;
+    let mut again = HashSet::new();
+    while again.len() < released.len() {
+        let delivery = recv(&mut sub, "the released messages, again").await;
+        let n = number_of(&delivery.message);
+        assert!(
+            released.contains(&n),
+            "message {n} came back but was not released"
+        );
+        assert!(again.insert(n), "released message {n} came back twice");
+        delivery.ack().await.unwrap();
+    }
+    expect_nothing(
+        &mut sub,
+        Duration::from_millis(300),
+        "every message is settled",
+    )
+    .await;
+    sub.close().await.unwrap();
+    let mut next = broker.subscribe(spec(&topic, "g")).await.unwrap();
+    expect_nothing(
+        &mut next,
+        Duration::from_millis(500),
+        "acknowledged messages stay acknowledged after the subscription closed",
+    )
+    .await;
+    next.close().await.unwrap();
+}
+
 pub async fn unsettled_delivery_comes_back_after_the_subscription_closes(broker: SharedBroker) {
     if !requires(&broker, "acknowledgements", |c| c.acknowledgements) {
         return;

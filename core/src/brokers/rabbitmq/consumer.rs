@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 use super::Shared;
+use super::acks::{AckWindow, Sent, Verdict};
 use super::codec::from_amqp;
 use crate::delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 use crate::error::{Error, Result};
@@ -79,6 +77,7 @@ async fn consume_once(
         )
         .await
         .map_err(|err| shared.consume_link.error(err))?;
+    let (window, sender) = AckWindow::open(CHANNEL_OP_TIMEOUT);
     sink.set_ready(true);
     let ended = loop {
         let next = tokio::select! {
@@ -101,8 +100,10 @@ async fn consume_once(
             group: source.group.clone(),
             ..Default::default()
         };
+        window.register(amqp.delivery_tag, amqp.acker);
         let acker = AmqpAcker {
-            acker: amqp.acker,
+            window: window.clone(),
+            tag: amqp.delivery_tag,
             shared: shared.clone(),
             queue: source.queue.clone(),
             attempt,
@@ -116,6 +117,11 @@ async fn consume_once(
         }
     };
     sink.set_ready(false);
+    window.close();
+    if matches!(ended, Ended::Closed) {
+        // What was settled goes out before the channel closes (which hands the rest back).
+        let _ = tokio::time::timeout(CHANNEL_OP_TIMEOUT, sender).await;
+    }
     // Bounded: on a connection that died under it, lapin may never answer (the broker hands
     // the messages back when the connection goes anyway).
     if matches!(ended, Ended::Closed) {
@@ -139,20 +145,12 @@ async fn consume_once(
 /// on a connection that died under it.
 const CHANNEL_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An acknowledgement that gives up after [`CHANNEL_OP_TIMEOUT`] (as "not delivered": `false`).
-async fn bounded(
-    settle: impl std::future::Future<Output = std::result::Result<bool, lapin::Error>>,
-) -> std::result::Result<bool, lapin::Error> {
-    tokio::time::timeout(CHANNEL_OP_TIMEOUT, settle)
-        .await
-        .unwrap_or(Ok(false))
-}
-
 /// Settles one AMQP delivery. A nack republishes the message with the attempt raised (after a
 /// delay through a TTL queue when asked) and then acknowledges the original, so the attempt
 /// count travels with the message; a release hands it back as it is.
 struct AmqpAcker {
-    acker: lapin::Acker,
+    window: Arc<AckWindow>,
+    tag: u64,
     shared: Arc<Shared>,
     queue: String,
     attempt: u32,
@@ -166,7 +164,12 @@ impl AmqpAcker {
         }
     }
 
-    fn check(&self, result: std::result::Result<bool, lapin::Error>) -> Result<()> {
+    async fn send(&self, verdict: Verdict) -> Result<()> {
+        let sent = self.window.settle(self.tag, verdict).await;
+        self.check(sent)
+    }
+
+    fn check(&self, result: Sent) -> Result<()> {
         match result {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.lost()),
@@ -179,39 +182,21 @@ impl AmqpAcker {
 impl Acknowledger for AmqpAcker {
     async fn settle(self: Box<Self>, outcome: Settlement, message: Message) -> Result<()> {
         match outcome {
-            Settlement::Ack => {
-                let result = bounded(self.acker.ack(BasicAckOptions::default())).await;
-                self.check(result)
-            }
-            Settlement::Reject => {
-                let result =
-                    bounded(self.acker.reject(BasicRejectOptions { requeue: false })).await;
-                self.check(result)
-            }
+            Settlement::Ack => self.send(Verdict::Ack).await,
+            Settlement::Reject => self.send(Verdict::Reject).await,
             Settlement::Release => {
                 // A closed channel hands the message back on its own.
-                let _ = bounded(self.acker.nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                }))
-                .await;
+                let _ = self.window.settle(self.tag, Verdict::GiveBack).await;
                 Ok(())
             }
             Settlement::Requeue { delay } => {
                 let again = self.attempt + 1;
                 // Boxed: the republish future is large, and every ack would otherwise copy it.
                 match Box::pin(self.shared.republish(&self.queue, &message, again, delay)).await {
-                    Ok(()) => {
-                        let result = bounded(self.acker.ack(BasicAckOptions::default())).await;
-                        self.check(result)
-                    }
+                    Ok(()) => self.send(Verdict::Ack).await,
                     Err(err) => {
                         // Not lost: give it back as it is.
-                        let _ = bounded(self.acker.nack(BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        }))
-                        .await;
+                        let _ = self.window.settle(self.tag, Verdict::GiveBack).await;
                         Err(err)
                     }
                 }

@@ -12,6 +12,7 @@
 //! the handler succeeded; a lost connection is re-opened with backoff, the topology re-declared
 //! and consumption resumed, and the broker redelivers what was not acknowledged.
 
+mod acks;
 mod admin;
 mod codec;
 mod consumer;
