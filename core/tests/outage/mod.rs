@@ -16,9 +16,11 @@ use polybus::{
 /// data across stop and start, failing the test if it fails. (The Redis drill runs a server of its own.)
 #[allow(dead_code)]
 pub fn broker_script(script: &str, action: &str) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../scripts")
-        .join(script);
+    // Read at run time (cargo sets it): a build cached from another checkout carries that
+    // checkout's path in `env!`, and its scripts may no longer exist.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let script = PathBuf::from(manifest_dir).join("../scripts").join(script);
     let status = Command::new("bash")
         .arg(&script)
         .arg(action)
