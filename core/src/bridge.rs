@@ -165,9 +165,16 @@ impl Handler for BridgeHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::{Broker, PublishReceipt, Subscriber};
     use crate::brokers::memory::MemoryBroker;
-    use crate::{Consumer, ConsumerOptions, Publisher, RetryPolicy, SubscriptionSpec};
+    use crate::delivery::{Acknowledger, DeliveryMeta, Settlement};
+    use crate::subscription::Subscription;
+    use crate::{
+        Capabilities, Consumer, ConsumerOptions, Publisher, RetryPolicy, SubscriptionSpec,
+    };
     use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::SeqCst;
 
     #[tokio::test]
     async fn jobs_arrive_in_batches_and_outcomes_settle_them() {
@@ -250,5 +257,126 @@ mod tests {
         );
         let report = consumer.stop().await.unwrap();
         assert_eq!(report.stats.succeeded, 200);
+    }
+
+    /// Counts acknowledgements in progress at once; each takes a few milliseconds, as a frame
+    /// written by a client's I/O thread does.
+    #[derive(Default)]
+    struct AckProbe {
+        in_progress: AtomicUsize,
+        most: AtomicUsize,
+        done: AtomicUsize,
+    }
+
+    struct ProbeAcker(Arc<AckProbe>);
+
+    #[async_trait::async_trait]
+    impl Acknowledger for ProbeAcker {
+        async fn settle(
+            self: Box<Self>,
+            _outcome: Settlement,
+            _message: Message,
+        ) -> crate::Result<()> {
+            let now = self.0.in_progress.fetch_add(1, SeqCst) + 1;
+            self.0.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.0.in_progress.fetch_sub(1, SeqCst);
+            self.0.done.fetch_add(1, SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Hands out `count` deliveries of one key, settled through the probe.
+    struct ProbeBroker {
+        probe: Arc<AckProbe>,
+        count: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl Publisher for ProbeBroker {
+        async fn publish(&self, message: Message) -> crate::Result<PublishReceipt> {
+            Ok(PublishReceipt {
+                id: message.id,
+                ..Default::default()
+            })
+        }
+        async fn publish_batch(
+            &self,
+            messages: Vec<Message>,
+        ) -> Vec<crate::Result<PublishReceipt>> {
+            crate::broker::publish_each(self, messages).await
+        }
+        async fn flush(&self, _timeout: Duration) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn close(&self) -> crate::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Subscriber for ProbeBroker {
+        async fn subscribe(&self, spec: SubscriptionSpec) -> crate::Result<Subscription> {
+            let (probe, count) = (self.probe.clone(), self.count);
+            Ok(Subscription::spawn(spec.prefetch, move |sink| async move {
+                sink.set_ready(true);
+                for n in 0..count {
+                    let message = Message::text("probe", n.to_string()).with_key("k");
+                    let acker = Box::new(ProbeAcker(probe.clone()));
+                    let delivery = Delivery::new(message, 1, DeliveryMeta::default(), acker);
+                    if sink.send(delivery).await.is_err() {
+                        return;
+                    }
+                }
+                sink.cancelled().await;
+            }))
+        }
+    }
+
+    impl Broker for ProbeBroker {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_s_acknowledgements_are_under_way_together() {
+        let probe = Arc::new(AckProbe::default());
+        let broker = Arc::new(ProbeBroker {
+            probe: probe.clone(),
+            count: 60,
+        });
+        let bridge = HandlerBridge::new(30);
+        let options = ConsumerOptions {
+            sequential_ahead: Some(30),
+            ..Default::default()
+        };
+        let spec = SubscriptionSpec::new(["probe"], "g").with_prefetch(30);
+        let consumer = Consumer::start(broker, spec, bridge.handler(), options)
+            .await
+            .unwrap();
+        let mut handled = 0;
+        while handled < 60 {
+            let batch = bridge.next_batch(100, Duration::from_secs(5)).await;
+            assert!(!batch.is_empty(), "jobs should keep coming");
+            handled += batch.len();
+            bridge.complete(batch.iter().map(|job| (job.token, Ok(()))));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while probe.done.load(SeqCst) < 60 {
+            assert!(tokio::time::Instant::now() < deadline, "acks should finish");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // One at a time, each would wait for the one before: a round of I/O per message.
+        assert!(
+            probe.most.load(SeqCst) > 1,
+            "a run's acknowledgements should overlap, at most {} did",
+            probe.most.load(SeqCst)
+        );
+        let report = consumer.stop().await.unwrap();
+        assert_eq!(report.stats.succeeded, 60);
     }
 }

@@ -3,11 +3,14 @@
 //! lanes run concurrently.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +66,21 @@ enum Claim {
 /// What became of one handler call: `None` when the consumer stopped before it finished,
 /// `Err` with the panic message when the handler panicked.
 type Outcome = Option<std::result::Result<std::result::Result<(), HandlerError>, String>>;
+
+/// Awaits `handled` while driving the settlements under way.
+async fn meanwhile<T, S>(handled: impl Future<Output = T>, settling: &mut FuturesUnordered<S>) -> T
+where
+    S: Future<Output = ()>,
+{
+    let mut handled = pin!(handled);
+    loop {
+        tokio::select! {
+            biased;
+            outcome = &mut handled => return outcome,
+            Some(()) = settling.next(), if !settling.is_empty() => {}
+        }
+    }
+}
 
 /// The message of a caught panic.
 fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
@@ -172,12 +190,12 @@ impl Dispatcher {
         });
     }
 
-    /// Runs the handler over deliveries that must be handled in order, then settles each by
-    /// its outcome.
+    /// Runs the handler over deliveries that must be handled in order, settling each by its
+    /// outcome.
     ///
-    /// A handler that takes runs ([`Handler::hand_over_run`]) gets them in one go; each
-    /// delivery is settled as soon as its own outcome is known, so a stop in the middle gives
-    /// back only what was not handled yet.
+    /// A handler that takes runs ([`Handler::hand_over_run`]) gets them in one go. Each
+    /// delivery is settled as soon as its own outcome is known (while the next is handled), so
+    /// a stop in the middle gives back only what was not handled yet.
     async fn process_run(&self, deliveries: Vec<Delivery>) {
         if deliveries.len() == 1 || self.abort.is_cancelled() {
             for delivery in deliveries {
@@ -197,33 +215,50 @@ impl Dispatcher {
             .catch_unwind()
             .await;
         drop(refs);
-        let futures = match handed {
-            Ok(Some(futures)) if futures.len() == claimed.len() => futures,
+        // Settlements overlap: each starts once its outcome is known, and the next outcome is
+        // awaited meanwhile, so the broker can take a run's acknowledgements together (one
+        // frame, one XACK, one commit) instead of one round of I/O per message.
+        let mut settling = FuturesUnordered::new();
+        match handed {
+            Ok(Some(futures)) if futures.len() == claimed.len() => {
+                for ((delivery, claim), future) in claimed.into_iter().zip(futures) {
+                    let outcome = meanwhile(self.outcome_of(future), &mut settling).await;
+                    settling.push(self.settle(delivery, claim, outcome));
+                }
+            }
             Ok(_) => {
                 // The handler takes one delivery at a time.
                 for (delivery, claim) in claimed {
-                    self.process_claimed(delivery, claim).await;
+                    let outcome = if self.abort.is_cancelled() {
+                        None
+                    } else {
+                        let handled = self.handler.handle(&delivery);
+                        meanwhile(self.outcome_of(handled), &mut settling).await
+                    };
+                    settling.push(self.settle(delivery, claim, outcome));
                 }
-                return;
             }
             Err(panic) => {
                 let reason = panic_reason(&*panic);
                 for (delivery, claim) in claimed {
-                    self.settle(delivery, claim, Some(Err(reason.clone())))
-                        .await;
+                    settling.push(self.settle(delivery, claim, Some(Err(reason.clone()))));
                 }
-                return;
             }
-        };
-        for ((delivery, claim), future) in claimed.into_iter().zip(futures) {
-            let outcome = tokio::select! {
-                biased;
-                _ = self.abort.cancelled() => None,
-                result = AssertUnwindSafe(future).catch_unwind() => {
-                    Some(result.map_err(|panic| panic_reason(&*panic)))
-                }
-            };
-            self.settle(delivery, claim, outcome).await;
+        }
+        while settling.next().await.is_some() {}
+    }
+
+    /// The outcome of a handler's future: `None` when the consumer is stopped first.
+    async fn outcome_of<F>(&self, handled: F) -> Outcome
+    where
+        F: Future<Output = std::result::Result<(), HandlerError>>,
+    {
+        tokio::select! {
+            biased;
+            _ = self.abort.cancelled() => None,
+            result = AssertUnwindSafe(handled).catch_unwind() => {
+                Some(result.map_err(|panic| panic_reason(&*panic)))
+            }
         }
     }
 
@@ -250,12 +285,7 @@ impl Dispatcher {
             self.give_back(delivery).await;
             return;
         }
-        let outcome = tokio::select! {
-            biased;
-            _ = self.abort.cancelled() => None,
-            result = AssertUnwindSafe(self.handler.handle(&delivery)).catch_unwind() => Some(result),
-        };
-        let outcome = outcome.map(|result| result.map_err(|panic| panic_reason(&*panic)));
+        let outcome = self.outcome_of(self.handler.handle(&delivery)).await;
         self.settle(delivery, claim, outcome).await;
     }
 
