@@ -9,7 +9,8 @@
 //! a window; a publish resolves when the broker confirmed it, or fails — including for a publish
 //! in flight when the connection drops — so nothing is lost silently. With `mandatory` (the
 //! default) a message no queue is bound for is an error, not a silent drop. Consumers ack after
-//! the handler succeeded; a lost connection is re-opened with backoff, the topology re-declared
+//! the handler succeeded (a channel's acknowledged front goes out as one `basic.ack` with
+//! `multiple`, see `acks`); a lost connection is re-opened with backoff, the topology re-declared
 //! and consumption resumed, and the broker redelivers what was not acknowledged.
 
 mod acks;
