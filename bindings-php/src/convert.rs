@@ -57,10 +57,24 @@ fn array<S: Serializer>(
         return seq.end();
     }
     let mut map = serializer.serialize_map(Some(array.len()))?;
-    for (key, item) in array.iter() {
-        let name = key.to_string();
-        map.serialize_entry(&name, &Nested(item, depth + 1))
-            .map_err(|err| ser::Error::custom(at(&name, &err)))?;
+    // Keys are read in place (no string copied per key): a string key as it is, an integer
+    // key as its digits, which is how `json_encode` writes both.
+    let mut entries = array.iter();
+    while let Some((key, item)) = entries.next_zval() {
+        let entry = Nested(item, depth + 1);
+        let written = match (key.long(), key.str()) {
+            (Some(n), _) => map.serialize_entry(&n, &entry),
+            (None, Some(name)) => map.serialize_entry(name, &entry),
+            (None, None) => Err(ser::Error::custom(
+                "a key is not valid UTF-8, which JSON requires",
+            )),
+        };
+        written.map_err(|err| {
+            let name = key
+                .long()
+                .map_or_else(|| key.str().unwrap_or("?").to_owned(), |n| n.to_string());
+            ser::Error::custom(at(&name, &err))
+        })?;
     }
     map.end()
 }

@@ -141,7 +141,7 @@ impl Message {
         if self.id.is_empty() {
             return Err(Error::InvalidMessage("message id is empty".into()));
         }
-        if self.id.len() > 255 || self.id.chars().any(char::is_control) {
+        if self.id.len() > 255 || !printable(&self.id) {
             return Err(Error::InvalidMessage(format!(
                 "message id {:?} must be at most 255 printable characters",
                 truncate(&self.id)
@@ -176,12 +176,21 @@ pub fn validate_topic(topic: &str) -> std::result::Result<(), String> {
             topic.len()
         ));
     }
+    // Most names are plain ASCII: checked byte by byte before the Unicode rules.
+    if topic.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
     if let Some(bad) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
             "topic {topic:?} contains the character {bad:?}; whitespace and control characters are not allowed"
         ));
     }
     Ok(())
+}
+
+/// True when `text` has no control character (ASCII checked byte by byte first).
+fn printable(text: &str) -> bool {
+    text.bytes().all(|b| (0x20..0x7f).contains(&b)) || !text.chars().any(char::is_control)
 }
 
 /// A new time-ordered message id (UUIDv7, hyphenated lowercase). The random bits come from a

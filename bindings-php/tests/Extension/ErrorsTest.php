@@ -12,6 +12,7 @@ use Polybus\Exception\InvalidMessageException;
 use Polybus\Exception\PolybusException;
 use Polybus\Exception\PublishException;
 use Polybus\Exception\TimeoutException;
+use Polybus\Message;
 use RuntimeException;
 use Throwable;
 
@@ -103,6 +104,31 @@ final class ErrorsTest extends TestCase
         self::assertInstanceOf(InvalidMessageException::class, $error);
         $error = $this->thrown(static fn () => $broker->publishMessage('t', [], ['headers' => ['polybus-id' => 'x']]));
         self::assertInstanceOf(InvalidMessageException::class, $error);
+    }
+
+    public function testPayloadsAreEncodedAsJsonEncodeDoes(): void
+    {
+        $payload = [
+            'name' => "caf\u{e9} \"quoted\" a/b",
+            7 => 'integer key',
+            'list' => [1, 2.5, true, null],
+            'sparse' => [3 => 'c', 1 => 'a'],
+            'nested' => ['inner' => ['deep' => -1]],
+            'empty' => [],
+        ];
+        $broker = new Broker('memory://');
+        $broker->publish('encoding', $payload);
+        $seen = [];
+        $broker->consume('encoding', static function (Message $m) use (&$seen): void {
+            $seen[] = $m;
+        }, 1, 5.0);
+        self::assertCount(1, $seen);
+        self::assertSame(json_encode($payload, JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES), $seen[0]->body());
+        self::assertSame($payload, $seen[0]->payload());
+
+        $error = $this->thrown(static fn () => $broker->publish('t', ['ok' => 1, 42 => ['x' => INF]]));
+        self::assertInstanceOf(InvalidMessageException::class, $error);
+        self::assertStringContainsString('["42"]["x"]', $error->getMessage());
     }
 
     public function testEveryExceptionIsAPolybusExceptionAndARuntimeException(): void

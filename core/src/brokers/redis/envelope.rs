@@ -85,9 +85,30 @@ pub(super) fn encode(message: &Message, attempt: u32) -> Vec<u8> {
         payload,
         payload_base64: payload.is_none().then(|| BASE64.encode(&message.payload)),
     };
+    // Sized for the fields around the payload, so the buffer is not grown while writing.
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 6)
+        .sum();
+    let payload_len = match payload {
+        Some(_) => message.payload.len(),
+        None => message.payload.len().div_ceil(3) * 4,
+    };
+    let mut out = Vec::with_capacity(
+        160 + message.id.len()
+            + message.topic.len()
+            + message.key.as_deref().map_or(0, str::len)
+            + message.content_type.len()
+            + headers
+            + payload_len,
+    );
     // Serializing borrowed strings, maps of strings and numbers cannot fail; the fallback
     // keeps the payload rather than panicking should that ever change.
-    serde_json::to_vec(&envelope).unwrap_or_else(|_| message.payload.to_vec())
+    match serde_json::to_writer(&mut out, &envelope) {
+        Ok(()) => out,
+        Err(_) => message.payload.to_vec(),
+    }
 }
 
 /// What is written for `message`: the envelope, or the bare payload when `envelope` is off.
