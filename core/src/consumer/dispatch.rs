@@ -229,12 +229,8 @@ impl Dispatcher {
             Ok(_) => {
                 // The handler takes one delivery at a time.
                 for (delivery, claim) in claimed {
-                    let outcome = if self.abort.is_cancelled() {
-                        None
-                    } else {
-                        let handled = self.handler.handle(&delivery);
-                        meanwhile(self.outcome_of(handled), &mut settling).await
-                    };
+                    let handled = self.handler.handle(&delivery);
+                    let outcome = meanwhile(self.outcome_of(handled), &mut settling).await;
                     settling.push(self.settle(delivery, claim, outcome));
                 }
             }
@@ -248,7 +244,8 @@ impl Dispatcher {
         while settling.next().await.is_some() {}
     }
 
-    /// The outcome of a handler's future: `None` when the consumer is stopped first.
+    /// The outcome of a handler's future: `None` when the consumer is stopped first (then the
+    /// handler is not called at all; settling `None` gives the delivery back).
     async fn outcome_of<F>(&self, handled: F) -> Outcome
     where
         F: Future<Output = std::result::Result<(), HandlerError>>,
@@ -280,11 +277,6 @@ impl Dispatcher {
 
     /// Runs the handler on a delivery whose dedup claim is taken, and settles it.
     async fn process_claimed(&self, delivery: Delivery, claim: Claim) {
-        if self.abort.is_cancelled() {
-            self.unclaim(claim).await;
-            self.give_back(delivery).await;
-            return;
-        }
         let outcome = self.outcome_of(self.handler.handle(&delivery)).await;
         self.settle(delivery, claim, outcome).await;
     }

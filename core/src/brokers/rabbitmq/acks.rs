@@ -125,21 +125,16 @@ impl AckWindow {
                 // Not registered on this channel (or settled already): nothing to send.
                 return Ok(false);
             };
+            if state.pending[index].acked.is_some() {
+                return Ok(false); // acknowledged already
+            }
             match verdict {
                 Verdict::Ack => {
-                    let slot = &mut state.pending[index];
-                    if slot.acked.is_some() {
-                        return Ok(false);
-                    }
-                    slot.acked = Some(done);
+                    state.pending[index].acked = Some(done);
                     state.acked += 1;
                 }
                 Verdict::GiveBack | Verdict::Reject => {
                     let slot = state.pending.remove(index).expect("index found above");
-                    if slot.acked.is_some() {
-                        state.pending.insert(index, slot);
-                        return Ok(false);
-                    }
                     state.negatives.push((slot.acker, verdict, done));
                 }
             }
@@ -236,7 +231,7 @@ async fn send_one(acker: &Acker, verdict: Verdict) -> Sent {
 }
 
 /// A settlement that gives up after `limit`, as "not sent" (`Ok(false)`).
-pub(super) async fn bounded(limit: Duration, settle: impl Future<Output = Sent>) -> Sent {
+async fn bounded(limit: Duration, settle: impl Future<Output = Sent>) -> Sent {
     tokio::time::timeout(limit, settle)
         .await
         .unwrap_or(Ok(false))

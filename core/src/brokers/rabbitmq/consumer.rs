@@ -118,13 +118,11 @@ async fn consume_once(
     };
     sink.set_ready(false);
     window.close();
-    if matches!(ended, Ended::Closed) {
-        // What was settled goes out before the channel closes (which hands the rest back).
-        let _ = tokio::time::timeout(CHANNEL_OP_TIMEOUT, sender).await;
-    }
     // Bounded: on a connection that died under it, lapin may never answer (the broker hands
     // the messages back when the connection goes anyway).
     if matches!(ended, Ended::Closed) {
+        // What was settled goes out before the channel closes (which hands the rest back).
+        let _ = tokio::time::timeout(CHANNEL_OP_TIMEOUT, sender).await;
         let _ = tokio::time::timeout(
             CHANNEL_OP_TIMEOUT,
             channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
