@@ -523,6 +523,58 @@ async fn batches_report_each_message_on_its_own() {
     let _: () = conn.del(&[&topic, &wrong]).await.unwrap();
 }
 
+/// The JSON payload a list item's envelope carries.
+fn enveloped_payload(raw: &str) -> serde_json::Value {
+    let item: serde_json::Value = serde_json::from_str(raw).unwrap();
+    item["payload"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_batches_keep_each_list_s_order_and_each_message_s_result() {
+    let broker = broker("mode=list").await;
+    let (first, second, wrong) = (unique("order-a"), unique("order-b"), unique("order-w"));
+    let mut conn = plain().await;
+    let _: () = conn.set(&wrong, "x").await.unwrap();
+    let to = |topic: &str, n: usize| Message::json(topic, &serde_json::json!(n)).unwrap();
+    // More than one LPUSH's worth to the first list, then runs that alternate between lists,
+    // a key of the wrong type and a message refused before sending.
+    let mut messages: Vec<Message> = (0..1500).map(|n| to(&first, n)).collect();
+    messages.extend((0..3).map(|n| to(&second, n)));
+    messages.extend([to(&first, 1500), to(&first, 1501)]);
+    messages.extend([to(&wrong, 0), to(&wrong, 1)]);
+    messages.extend([to(&first, 1502), to("", 0), to(&first, 1503)]);
+    let receipts = broker.publish_batch(messages).await;
+    assert_eq!(receipts.len(), 1510);
+    for (position, receipt) in receipts.iter().enumerate() {
+        match position {
+            1505 | 1506 => {
+                let err = receipt.as_ref().unwrap_err().to_string();
+                assert!(err.contains("WRONGTYPE"), "{position}: {err}");
+            }
+            1508 => assert!(matches!(receipt, Err(polybus::Error::InvalidMessage(_)))),
+            _ => assert!(receipt.is_ok(), "{position}: {receipt:?}"),
+        }
+    }
+    // Consumers pop from the right: oldest first.
+    let mut items: Vec<String> = conn.lrange(&first, 0, -1).await.unwrap();
+    items.reverse();
+    let popped: Vec<serde_json::Value> = items.iter().map(|raw| enveloped_payload(raw)).collect();
+    let expected: Vec<serde_json::Value> = (0..1504).map(|n| serde_json::json!(n)).collect();
+    assert_eq!(popped, expected);
+    let mut items: Vec<String> = conn.lrange(&second, 0, -1).await.unwrap();
+    items.reverse();
+    let popped: Vec<serde_json::Value> = items.iter().map(|raw| enveloped_payload(raw)).collect();
+    assert_eq!(
+        popped,
+        vec![
+            serde_json::json!(0),
+            serde_json::json!(1),
+            serde_json::json!(2)
+        ]
+    );
+    let _: () = conn.del(&[&first, &second, &wrong]).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn closing_ends_a_blocked_read_promptly() {
     for mode in ["list", "streams"] {

@@ -12,10 +12,13 @@
 //! plain `LPUSH topic '{"source_id":1}'` writes) is a foreign payload: taken whole, with a fresh
 //! id and its content type sniffed.
 
+use std::io::{self, Write};
+
+use ::redis::{RedisWrite, ToRedisArgs};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::message::{Headers, Message};
@@ -23,22 +26,6 @@ use crate::wire::{is_json_content_type, sniff_content_type};
 
 /// The envelope format version, written as the `polybus` field.
 pub(super) const VERSION: u32 = 1;
-
-#[derive(Serialize)]
-struct Outgoing<'a> {
-    polybus: u32,
-    id: &'a str,
-    topic: &'a str,
-    key: Option<&'a str>,
-    headers: &'a Headers,
-    content_type: &'a str,
-    timestamp: i64,
-    attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload_base64: Option<String>,
-}
 
 #[derive(Deserialize)]
 struct Incoming<'a> {
@@ -73,19 +60,14 @@ fn embeddable(message: &Message) -> Option<&RawValue> {
 /// The envelope for `message` on its `attempt`, as JSON bytes.
 pub(super) fn encode(message: &Message, attempt: u32) -> Vec<u8> {
     let payload = embeddable(message);
-    let envelope = Outgoing {
-        polybus: VERSION,
-        id: &message.id,
-        topic: &message.topic,
-        key: message.key.as_deref(),
-        headers: &message.headers,
-        content_type: &message.content_type,
-        timestamp: message.timestamp_ms,
-        attempt: attempt.max(1),
-        payload,
-        payload_base64: payload.is_none().then(|| BASE64.encode(&message.payload)),
-    };
-    // Sized for the fields around the payload, so the buffer is not grown while writing.
+    let mut out = Vec::with_capacity(encoded_len(message, payload));
+    // Writing into a Vec cannot fail.
+    let _ = write(message, attempt, payload, &mut out);
+    out
+}
+
+/// An upper estimate of the envelope's length, so buffers are not grown while writing.
+fn encoded_len(message: &Message, payload: Option<&RawValue>) -> usize {
     let headers: usize = message
         .headers
         .iter()
@@ -95,28 +77,88 @@ pub(super) fn encode(message: &Message, attempt: u32) -> Vec<u8> {
         Some(_) => message.payload.len(),
         None => message.payload.len().div_ceil(3) * 4,
     };
-    let mut out = Vec::with_capacity(
-        160 + message.id.len()
-            + message.topic.len()
-            + message.key.as_deref().map_or(0, str::len)
-            + message.content_type.len()
-            + headers
-            + payload_len,
-    );
-    // Serializing borrowed strings, maps of strings and numbers cannot fail; the fallback
-    // keeps the payload rather than panicking should that ever change.
-    match serde_json::to_writer(&mut out, &envelope) {
-        Ok(()) => out,
-        Err(_) => message.payload.to_vec(),
-    }
+    160 + message.id.len()
+        + message.topic.len()
+        + message.key.as_deref().map_or(0, str::len)
+        + message.content_type.len()
+        + headers
+        + payload_len
 }
 
-/// What is written for `message`: the envelope, or the bare payload when `envelope` is off.
-pub(super) fn item(message: &Message, attempt: u32, envelope: bool) -> Vec<u8> {
-    if envelope {
-        encode(message, attempt)
-    } else {
-        message.payload.to_vec()
+/// Writes the envelope field by field: strings go through `serde_json`'s escaping, an
+/// embeddable payload is copied as it is and any other payload is base64-encoded in place
+/// (base64 needs no escaping), with no intermediate string.
+fn write<W: Write + ?Sized>(
+    message: &Message,
+    attempt: u32,
+    payload: Option<&RawValue>,
+    out: &mut W,
+) -> io::Result<()> {
+    out.write_all(b"{\"polybus\":")?;
+    serde_json::to_writer(&mut *out, &VERSION)?;
+    out.write_all(b",\"id\":")?;
+    serde_json::to_writer(&mut *out, &message.id)?;
+    out.write_all(b",\"topic\":")?;
+    serde_json::to_writer(&mut *out, &message.topic)?;
+    out.write_all(b",\"key\":")?;
+    serde_json::to_writer(&mut *out, &message.key)?;
+    out.write_all(b",\"headers\":")?;
+    serde_json::to_writer(&mut *out, &message.headers)?;
+    out.write_all(b",\"content_type\":")?;
+    serde_json::to_writer(&mut *out, &message.content_type)?;
+    out.write_all(b",\"timestamp\":")?;
+    serde_json::to_writer(&mut *out, &message.timestamp_ms)?;
+    out.write_all(b",\"attempt\":")?;
+    serde_json::to_writer(&mut *out, &attempt.max(1))?;
+    match payload {
+        Some(raw) => {
+            out.write_all(b",\"payload\":")?;
+            out.write_all(raw.get().as_bytes())?;
+        }
+        None => {
+            out.write_all(b",\"payload_base64\":\"")?;
+            let mut encoded = [0u8; 1024];
+            for chunk in message.payload.chunks(768) {
+                let written = BASE64
+                    .encode_slice(chunk, &mut encoded)
+                    .map_err(io::Error::other)?;
+                out.write_all(&encoded[..written])?;
+            }
+            out.write_all(b"\"")?;
+        }
+    }
+    out.write_all(b"}")
+}
+
+/// What is written for a message: its envelope, or its bare payload when envelopes are off.
+/// As a command argument it is written straight into the command's buffer.
+pub(super) struct Item<'a> {
+    /// The message.
+    pub message: &'a Message,
+    /// The attempt it is on (1 when first published).
+    pub attempt: u32,
+    /// Whether the message travels in an envelope.
+    pub envelope: bool,
+}
+
+impl ToRedisArgs for Item<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        if !self.envelope {
+            out.write_arg(&self.message.payload);
+            return;
+        }
+        let payload = embeddable(self.message);
+        out.reserve_space_for_args([encoded_len(self.message, payload)]);
+        // Writing into a command's buffer cannot fail.
+        let _ = write(
+            self.message,
+            self.attempt,
+            payload,
+            &mut out.writer_for_next_arg(),
+        );
     }
 }
 
@@ -185,6 +227,16 @@ mod tests {
         let text = String::from_utf8(raw.clone()).unwrap();
         assert!(text.contains("payload_base64"), "{text}");
         assert_eq!(decode(&raw, "t").0, message);
+    }
+
+    #[test]
+    fn long_binary_payloads_are_standard_base64() {
+        let body: Vec<u8> = (0..5000u32).map(|n| (n % 251) as u8).collect();
+        let message = Message::bytes("t", body.clone());
+        let raw = encode(&message, 1);
+        let item: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(item["payload_base64"], BASE64.encode(&body));
+        assert_eq!(decode(&raw, "t").0.payload, body);
     }
 
     #[test]

@@ -103,6 +103,9 @@ struct Inner {
     closed: AtomicBool,
 }
 
+/// The most values one `LPUSH` of a batch carries.
+const VALUES_PER_PUSH: usize = 1024;
+
 impl Inner {
     /// A handle on the shared command connection.
     fn manager(&self) -> ConnectionManager {
@@ -159,17 +162,24 @@ impl RedisBroker {
         match settings.mode {
             RedisMode::List => {
                 let mut cmd = ::redis::cmd("LPUSH");
-                cmd.arg(&message.topic)
-                    .arg(envelope::item(message, 1, settings.envelope));
+                cmd.arg(&message.topic).arg(self.item(message));
                 cmd
             }
             RedisMode::PubSub => {
                 let mut cmd = ::redis::cmd("PUBLISH");
-                cmd.arg(&message.topic)
-                    .arg(envelope::item(message, 1, settings.envelope));
+                cmd.arg(&message.topic).arg(self.item(message));
                 cmd
             }
             RedisMode::Streams => streams::xadd(&message.topic, message, 1, settings.maxlen),
+        }
+    }
+
+    /// What a list or channel carries for `message` when first published.
+    fn item<'a>(&self, message: &'a Message) -> envelope::Item<'a> {
+        envelope::Item {
+            message,
+            attempt: 1,
+            envelope: self.inner.settings.envelope,
         }
     }
 
@@ -203,7 +213,10 @@ impl Publisher for RedisBroker {
         Ok(self.receipt(&message, &reply))
     }
 
-    /// Sends every valid message in one pipeline: one round trip for the whole batch.
+    /// Sends every valid message in one pipeline: one round trip for the whole batch. In list
+    /// mode, consecutive messages to the same list share one `LPUSH` (up to
+    /// [`VALUES_PER_PUSH`] values): the server does one command's work for them and they are
+    /// popped in the same order as when pushed one by one.
     async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishReceipt>> {
         if self.ensure_open().is_err() {
             return messages
@@ -211,19 +224,41 @@ impl Publisher for RedisBroker {
                 .map(|_| Err(Error::Closed("redis publisher")))
                 .collect();
         }
+        let list = self.inner.settings.mode == RedisMode::List;
         let mut results: Vec<Option<Result<PublishReceipt>>> = Vec::with_capacity(messages.len());
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
-        let mut sent = Vec::new();
+        // Each sent message's index in `messages` and the position of its command's reply.
+        let mut sent: Vec<(usize, usize)> = Vec::with_capacity(messages.len());
+        let mut commands = 0;
+        // The list the last `LPUSH` goes to and how many values it has.
+        let mut open_push: Option<(&str, usize)> = None;
         for (index, message) in messages.iter().enumerate() {
-            match message.validate() {
-                Ok(()) => {
-                    pipe.add_command(self.publish_command(message));
-                    sent.push(index);
-                    results.push(None);
-                }
-                Err(err) => results.push(Some(Err(err))),
+            if let Err(err) = message.validate() {
+                results.push(Some(Err(err)));
+                continue;
             }
+            match &mut open_push {
+                Some((topic, values))
+                    if list && *topic == message.topic && *values < VALUES_PER_PUSH =>
+                {
+                    pipe.arg(self.item(message));
+                    *values += 1;
+                }
+                _ if list => {
+                    pipe.cmd("LPUSH")
+                        .arg(&message.topic)
+                        .arg(self.item(message));
+                    open_push = Some((&message.topic, 1));
+                    commands += 1;
+                }
+                _ => {
+                    pipe.add_command(self.publish_command(message));
+                    commands += 1;
+                }
+            }
+            sent.push((index, commands - 1));
+            results.push(None);
         }
         if !sent.is_empty() {
             match pipe
@@ -231,13 +266,13 @@ impl Publisher for RedisBroker {
                 .await
             {
                 Ok(replies) => {
-                    for (position, index) in sent.iter().enumerate() {
-                        results[*index] = Some(match replies.get(position) {
+                    for (index, command) in sent {
+                        results[index] = Some(match replies.get(command) {
                             Some(Value::ServerError(err)) => Err(Error::Broker {
                                 backend: "redis",
                                 reason: err.to_string(),
                             }),
-                            Some(reply) => Ok(self.receipt(&messages[*index], reply)),
+                            Some(reply) => Ok(self.receipt(&messages[index], reply)),
                             None => Err(Error::Broker {
                                 backend: "redis",
                                 reason: "the pipeline returned fewer replies than commands".into(),
@@ -246,8 +281,8 @@ impl Publisher for RedisBroker {
                     }
                 }
                 Err(err) => {
-                    for index in &sent {
-                        results[*index] = Some(Err(self.inner.error(err.clone())));
+                    for (index, _) in sent {
+                        results[index] = Some(Err(self.inner.error(err.clone())));
                     }
                 }
             }
