@@ -281,7 +281,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "Rust core ceiling, Redis LPUSH",
         (
             _p("polybus-core", "`publish_batch` per 1000, 4 batches in flight"),
-            _p("polybus-core-single", "one awaited `publish` at a time"),
+            _p("polybus-core-single", "one awaited `publish` at a time (current-thread runtime)"),
             _c("redis-benchmark", "redis-benchmark LPUSH, 1 connection, pipeline 1000"),
             _c(
                 "redis-benchmark-single",

@@ -201,12 +201,25 @@ async fn wait_for(counter: &AtomicU64, target: u64, timeout: Duration) -> Result
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<(), AnyError> {
+/// One awaited publish at a time (`produce --batch 1`) runs on a current-thread runtime, like
+/// the single-threaded perf tool it is compared with and like the PHP extension: the loop and
+/// the connection's I/O share one thread, so a round trip is a write and a read with no hand-off
+/// between threads. Batches in flight, and `pubsub`, get worker threads.
+fn main() -> Result<(), AnyError> {
     let o = options()?;
-    match o.mode.as_str() {
-        "produce" => produce(&o).await,
-        "pubsub" => pubsub(&o).await,
-        other => Err(format!("unknown mode {other}; expected produce or pubsub").into()),
+    if o.mode != "produce" && o.mode != "pubsub" {
+        return Err(format!("unknown mode {}; expected produce or pubsub", o.mode).into());
     }
+    let mut runtime = if o.mode == "produce" && o.batch == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    runtime.enable_all().build()?.block_on(async {
+        if o.mode == "produce" {
+            produce(&o).await
+        } else {
+            pubsub(&o).await
+        }
+    })
 }
