@@ -47,14 +47,16 @@ pub struct Message {
 impl Message {
     /// A message with a raw byte payload (`application/octet-stream`).
     pub fn bytes(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        // One clock read: the id's time part is the message's timestamp.
+        let timestamp_ms = now_ms();
         Message {
-            id: new_message_id(),
+            id: message_id_at(timestamp_ms),
             topic: topic.into(),
             key: None,
             headers: Headers::new(),
             payload: payload.into(),
             content_type: CONTENT_TYPE_BYTES.to_owned(),
-            timestamp_ms: now_ms(),
+            timestamp_ms,
         }
     }
 
@@ -196,10 +198,15 @@ fn printable(text: &str) -> bool {
 /// A new time-ordered message id (UUIDv7, hyphenated lowercase). The random bits come from a
 /// per-thread generator rather than the OS, so an id costs no system call.
 pub fn new_message_id() -> String {
+    message_id_at(now_ms())
+}
+
+/// A new message id whose time part is `timestamp_ms`.
+fn message_id_at(timestamp_ms: i64) -> String {
     let mut random = [0u8; 10];
     random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
     random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
-    let millis = u64::try_from(now_ms()).unwrap_or_default();
+    let millis = u64::try_from(timestamp_ms).unwrap_or_default();
     uuid::Builder::from_unix_timestamp_millis(millis, &random)
         .into_uuid()
         .to_string()
@@ -236,6 +243,12 @@ mod tests {
         assert_ne!(a.id, b.id);
         let parsed = uuid::Uuid::parse_str(&a.id).unwrap();
         assert_eq!(parsed.get_version_num(), 7);
+        // The id's time part is the message's timestamp.
+        let (seconds, nanos) = parsed.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            i64::try_from(seconds * 1000).unwrap() + i64::from(nanos / 1_000_000),
+            a.timestamp_ms
+        );
     }
 
     #[test]

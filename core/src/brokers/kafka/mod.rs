@@ -63,7 +63,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -285,18 +284,21 @@ impl Publisher for KafkaBroker {
                 .map(|_| Err(Error::Closed("kafka producer")))
                 .collect();
         }
-        let mut topics: Vec<String> = messages
-            .iter()
-            .filter(|m| m.validate().is_ok())
-            .map(|m| m.topic.clone())
-            .collect();
-        topics.sort();
-        topics.dedup();
+        let checked: Vec<Result<()>> = messages.iter().map(Message::validate).collect();
+        // A batch usually goes to one topic: a short list beats sorting a name per message.
+        let mut topics: Vec<&str> = Vec::new();
+        for (message, check) in messages.iter().zip(&checked) {
+            if check.is_ok() && !topics.contains(&message.topic.as_str()) {
+                topics.push(&message.topic);
+            }
+        }
+        let topics: Vec<String> = topics.into_iter().map(str::to_owned).collect();
         let topics_ready = self.ensure_topics(&topics).await;
-        // Queue everything first, then wait for all acknowledgements together.
+        // Queue everything first, then collect the acknowledgements in order: they arrive
+        // while the rest are awaited, so the batch takes as long as its slowest message.
         let mut pending = Vec::with_capacity(messages.len());
-        for message in messages {
-            let queued = match (message.validate(), &topics_ready) {
+        for (message, check) in messages.into_iter().zip(checked) {
+            let queued = match (check, &topics_ready) {
                 (Err(err), _) => Err(err),
                 (Ok(()), Err(err)) => Err(Error::Broker {
                     backend: "kafka",
@@ -306,13 +308,14 @@ impl Publisher for KafkaBroker {
             };
             pending.push((message.id, queued));
         }
-        join_all(pending.into_iter().map(|(id, queued)| async move {
-            match queued {
+        let mut receipts = Vec::with_capacity(pending.len());
+        for (id, queued) in pending {
+            receipts.push(match queued {
                 Ok(future) => Self::receipt(id, future).await,
                 Err(err) => Err(err),
-            }
-        }))
-        .await
+            });
+        }
+        receipts
     }
 
     async fn flush(&self, timeout: Duration) -> Result<()> {
