@@ -3,13 +3,13 @@
 //! outcomes back in batches. Concurrency, per-key order, retries and acknowledgements stay in
 //! the runtime; the binding only converts values and calls its handler.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use crate::consumer::{Handler, HandlerError, OutcomeFuture};
 use crate::delivery::{Delivery, DeliveryMeta};
@@ -35,21 +35,23 @@ pub struct Job {
 /// [`handler`](HandlerBridge::handler) to [`crate::Consumer::start`], then loop on
 /// [`next_batch`](HandlerBridge::next_batch) and [`complete`](HandlerBridge::complete).
 pub struct HandlerBridge {
-    jobs_tx: mpsc::Sender<Job>,
-    jobs_rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
+    /// Jobs handed out and not taken by the foreign side yet. A run or a group is queued in
+    /// one go, so it is taken in one batch.
+    queue: Mutex<VecDeque<Job>>,
+    /// Wakes the taker when jobs are queued.
+    queued: Notify,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Result<(), HandlerError>>>>,
     next_token: AtomicU64,
     next_run: AtomicU64,
 }
 
 impl HandlerBridge {
-    /// A bridge holding at most `capacity` jobs not yet taken by the foreign side (use the
-    /// subscription's concurrency: the runtime never has more in flight).
+    /// A bridge for a consumer with up to `capacity` messages in flight (use the
+    /// subscription's concurrency: the runtime never hands out more than that at once).
     pub fn new(capacity: usize) -> std::sync::Arc<Self> {
-        let (jobs_tx, jobs_rx) = mpsc::channel(capacity.max(1));
         std::sync::Arc::new(HandlerBridge {
-            jobs_tx,
-            jobs_rx: tokio::sync::Mutex::new(jobs_rx),
+            queue: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 4096))),
+            queued: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             next_run: AtomicU64::new(1),
@@ -64,19 +66,26 @@ impl HandlerBridge {
     /// Waits up to `wait` for at least one job, then takes up to `max` that are ready.
     /// An empty batch means nothing arrived in time.
     pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<Job> {
-        let mut jobs = self.jobs_rx.lock().await;
-        let mut batch = Vec::new();
-        match tokio::time::timeout(wait, jobs.recv()).await {
-            Ok(Some(job)) => batch.push(job),
-            Ok(None) | Err(_) => return batch,
-        }
-        while batch.len() < max.max(1) {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Created before looking, so a job queued in between still wakes this wait.
+            let queued = self.queued.notified();
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if !queue.is_empty() {
+                    let taken = queue.len().min(max.max(1));
+                    let batch: Vec<Job> = queue.drain(..taken).collect();
+                    if !queue.is_empty() {
+                        // Left over for another taker.
+                        self.queued.notify_one();
+                    }
+                    return batch;
+                }
+            }
+            if tokio::time::timeout_at(deadline, queued).await.is_err() {
+                return Vec::new();
             }
         }
-        batch
     }
 
     /// Reports outcomes: `Ok` acknowledges, `Err` applies the consumer's retry policy.
@@ -94,41 +103,44 @@ impl HandlerBridge {
     pub fn in_flight(&self) -> usize {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
+
+    /// Queues `jobs` in one go and wakes the taker.
+    fn queue(&self, jobs: impl IntoIterator<Item = Job>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(jobs);
+        self.queued.notify_one();
+    }
 }
 
 struct BridgeHandler(std::sync::Arc<HandlerBridge>);
 
 impl BridgeHandler {
-    /// Hands `delivery` out as a job of `run`; the receiver gets its outcome.
-    async fn hand_out(
-        &self,
-        delivery: &Delivery,
-        run: Option<u64>,
-    ) -> Result<oneshot::Receiver<Result<(), HandlerError>>, HandlerError> {
+    /// Hands `deliveries` out as jobs of `run` (or on their own), queued together; a future of
+    /// each one's outcome, in order.
+    fn hand_out(&self, deliveries: &[&Delivery], run: Option<u64>) -> Vec<OutcomeFuture> {
         let bridge = &self.0;
-        let token = bridge.next_token.fetch_add(1, Ordering::Relaxed);
-        let (reply, outcome) = oneshot::channel();
-        bridge
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, reply);
-        let job = Job {
-            token,
-            message: delivery.message.clone(),
-            attempt: delivery.attempt,
-            meta: delivery.meta.clone(),
-            run,
-        };
-        if bridge.jobs_tx.send(job).await.is_err() {
-            bridge
-                .waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&token);
-            return Err(HandlerError::retryable("the handler bridge is closed"));
+        let mut jobs = Vec::with_capacity(deliveries.len());
+        let mut outcomes: Vec<OutcomeFuture> = Vec::with_capacity(deliveries.len());
+        {
+            let mut waiting = bridge.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            for delivery in deliveries {
+                let token = bridge.next_token.fetch_add(1, Ordering::Relaxed);
+                let (reply, outcome) = oneshot::channel();
+                waiting.insert(token, reply);
+                jobs.push(Job {
+                    token,
+                    message: delivery.message.clone(),
+                    attempt: delivery.attempt,
+                    meta: delivery.meta.clone(),
+                    run,
+                });
+                outcomes.push(Box::pin(outcome_of(outcome)));
+            }
         }
-        Ok(outcome)
+        bridge.queue(jobs);
+        outcomes
     }
 }
 
@@ -146,19 +158,28 @@ async fn outcome_of(
 #[async_trait]
 impl Handler for BridgeHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        outcome_of(self.hand_out(delivery, None).await?).await
+        match self.hand_out(&[delivery], None).pop() {
+            Some(outcome) => outcome.await,
+            None => Err(HandlerError::retryable(
+                "the handler bridge lost the message",
+            )),
+        }
     }
 
     /// Hands the whole run out at once under one run id (the foreign side handles its jobs
     /// one after another, in order).
     async fn hand_over_run(&self, deliveries: &[&Delivery]) -> Option<Vec<OutcomeFuture>> {
         let run = self.0.next_run.fetch_add(1, Ordering::Relaxed);
-        let mut outcomes: Vec<OutcomeFuture> = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let handed = self.hand_out(delivery, Some(run)).await;
-            outcomes.push(Box::pin(async move { outcome_of(handed?).await }));
-        }
-        Some(outcomes)
+        Some(self.hand_out(deliveries, Some(run)))
+    }
+
+    fn takes_groups(&self) -> bool {
+        true
+    }
+
+    /// Hands the group out at once as jobs on their own: one crossing, one wake-up.
+    async fn hand_over_group(&self, deliveries: &[&Delivery]) -> Option<Vec<OutcomeFuture>> {
+        Some(self.hand_out(deliveries, None))
     }
 }
 

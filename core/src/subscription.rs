@@ -190,6 +190,22 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// A delivery that is ready now, without waiting; `None` when there is none. An error
+    /// met here is kept for the next [`next`](Subscription::next).
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        if self.deferred_error.is_some() {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(Ok(delivery)) => Some(delivery),
+            Ok(Err(err)) => {
+                self.deferred_error = Some(err);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Waits up to `wait` for at least one delivery, then takes up to `max` that are ready.
     /// An empty vector means nothing arrived in time. A fatal error is returned on its own.
     pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {

@@ -9,6 +9,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -142,6 +143,35 @@ impl Dispatcher {
         &self.counters
     }
 
+    /// Dispatches deliveries that arrived together. Those without a lane (no key, no
+    /// sequence) go to a handler that [takes groups](Handler::takes_groups) in one hand-over;
+    /// the others are dispatched one by one.
+    pub fn dispatch_all(self: &Arc<Self>, ready: Vec<Slotted>) {
+        if ready.len() == 1 || self.one_lane || !self.handler.takes_groups() {
+            for (delivery, slot) in ready {
+                self.dispatch(delivery, slot);
+            }
+            return;
+        }
+        let mut group = Vec::with_capacity(ready.len());
+        for (delivery, slot) in ready {
+            if delivery.message.key.is_some() || delivery.meta.sequence.is_some() {
+                self.dispatch(delivery, slot);
+            } else {
+                group.push((delivery, slot));
+            }
+        }
+        if group.len() <= 1 {
+            for (delivery, slot) in group {
+                self.dispatch(delivery, slot);
+            }
+            return;
+        }
+        let this = self.clone();
+        self.tracker
+            .spawn(async move { this.process_group(group).await });
+    }
+
     /// Starts handling `delivery` now, or queues it behind the running one with its key.
     pub fn dispatch(self: &Arc<Self>, delivery: Delivery, slot: OwnedSemaphorePermit) {
         let lane = if self.one_lane {
@@ -242,6 +272,76 @@ impl Dispatcher {
             }
         }
         while settling.next().await.is_some() {}
+    }
+
+    /// Handles deliveries that need no order among them with one hand-over. Each is settled
+    /// as soon as its own outcome is known, and frees its slot then.
+    async fn process_group(&self, group: Vec<Slotted>) {
+        if self.abort.is_cancelled() {
+            for (delivery, _slot) in group {
+                self.give_back(delivery).await;
+            }
+            return;
+        }
+        let claims = match &self.dedup {
+            None => group.iter().map(|_| Claim::None).collect(),
+            // Claimed concurrently, not one store round trip after another.
+            Some(_) => join_all(group.iter().map(|(delivery, _)| self.claim(delivery))).await,
+        };
+        let mut claimed = Vec::with_capacity(group.len());
+        for ((delivery, slot), claim) in group.into_iter().zip(claims) {
+            match claim {
+                Claim::Skip => self.skip_duplicate(delivery).await,
+                claim => claimed.push((delivery, claim, slot)),
+            }
+        }
+        if claimed.is_empty() {
+            return;
+        }
+        let refs: Vec<&Delivery> = claimed.iter().map(|(delivery, _, _)| delivery).collect();
+        let handed = AssertUnwindSafe(self.handler.hand_over_group(&refs))
+            .catch_unwind()
+            .await;
+        drop(refs);
+        match handed {
+            Ok(Some(futures)) if futures.len() == claimed.len() => {
+                let mut settling: FuturesUnordered<_> = claimed
+                    .into_iter()
+                    .zip(futures)
+                    .map(|((delivery, claim, slot), future)| async move {
+                        let outcome = self.outcome_of(future).await;
+                        self.settle(delivery, claim, outcome).await;
+                        drop(slot);
+                    })
+                    .collect();
+                while settling.next().await.is_some() {}
+            }
+            Ok(_) => {
+                // The handler takes one delivery at a time: all of them at once, still.
+                let mut settling: FuturesUnordered<_> = claimed
+                    .into_iter()
+                    .map(|(delivery, claim, slot)| async move {
+                        self.process_claimed(delivery, claim).await;
+                        drop(slot);
+                    })
+                    .collect();
+                while settling.next().await.is_some() {}
+            }
+            Err(panic) => {
+                let reason = panic_reason(&*panic);
+                let mut settling: FuturesUnordered<_> = claimed
+                    .into_iter()
+                    .map(|(delivery, claim, slot)| {
+                        let outcome = Some(Err(reason.clone()));
+                        async move {
+                            self.settle(delivery, claim, outcome).await;
+                            drop(slot);
+                        }
+                    })
+                    .collect();
+                while settling.next().await.is_some() {}
+            }
+        }
     }
 
     /// The outcome of a handler's future: `None` when the consumer is stopped first (then the

@@ -70,6 +70,21 @@ pub trait Handler: Send + Sync + 'static {
         let _ = deliveries;
         None
     }
+
+    /// True when the handler takes groups ([`hand_over_group`](Handler::hand_over_group)):
+    /// deliveries without a key that arrive together are then handed over at once instead of
+    /// one task each. A handler in another language takes them to cross over once.
+    fn takes_groups(&self) -> bool {
+        false
+    }
+
+    /// Hands over deliveries that may be handled concurrently, in any order. Returns a future
+    /// of each one's outcome, in the order given; `None` makes the runtime call
+    /// [`handle`](Handler::handle) for each instead.
+    async fn hand_over_group(&self, deliveries: &[&Delivery]) -> Option<Vec<OutcomeFuture>> {
+        let _ = deliveries;
+        None
+    }
 }
 
 /// The outcome of one delivery of a run handed over with [`Handler::hand_over_run`].

@@ -222,6 +222,9 @@ impl Drop for Consumer {
     }
 }
 
+/// The most deliveries the fetch loop takes at once when more than one is ready.
+const GATHER_MAX: usize = 256;
+
 async fn fetch_loop(
     mut subscription: Subscription,
     slots: Arc<Semaphore>,
@@ -246,11 +249,23 @@ async fn fetch_loop(
         };
         match next {
             Some(Ok(delivery)) => {
+                // What else is ready now (and has a free slot) is dispatched with it, so
+                // deliveries that arrived together can be handed over together.
+                let mut ready = vec![(delivery, slot)];
+                while ready.len() < GATHER_MAX {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    match subscription.try_next() {
+                        Some(delivery) => ready.push((delivery, slot)),
+                        None => break,
+                    }
+                }
                 dispatcher
                     .counters()
                     .received
-                    .fetch_add(1, Ordering::Relaxed);
-                dispatcher.dispatch(delivery, slot);
+                    .fetch_add(ready.len() as u64, Ordering::Relaxed);
+                dispatcher.dispatch_all(ready);
             }
             Some(Err(err)) => {
                 tracing::error!(error = %err, "subscription failed; the consumer stops fetching");
