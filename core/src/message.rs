@@ -47,15 +47,20 @@ pub struct Message {
 impl Message {
     /// A message with a raw byte payload (`application/octet-stream`).
     pub fn bytes(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Message::new(topic.into(), payload.into(), CONTENT_TYPE_BYTES)
+    }
+
+    /// A new message: a fresh id and the current time.
+    fn new(topic: String, payload: Bytes, content_type: &str) -> Self {
         // One clock read: the id's time part is the message's timestamp.
         let timestamp_ms = now_ms();
         Message {
             id: message_id_at(timestamp_ms),
-            topic: topic.into(),
+            topic,
             key: None,
             headers: Headers::new(),
-            payload: payload.into(),
-            content_type: CONTENT_TYPE_BYTES.to_owned(),
+            payload,
+            content_type: content_type.to_owned(),
             timestamp_ms,
         }
     }
@@ -82,13 +87,15 @@ impl Message {
 
     /// A message with a UTF-8 text payload.
     pub fn text(topic: impl Into<String>, text: impl Into<String>) -> Self {
-        Message::bytes(topic, text.into()).with_content_type(CONTENT_TYPE_TEXT)
+        Message::new(topic.into(), text.into().into(), CONTENT_TYPE_TEXT)
     }
 
     /// A message whose payload is `value` serialized as JSON.
     pub fn json<T: Serialize + ?Sized>(topic: impl Into<String>, value: &T) -> Result<Self> {
-        let body = serde_json::to_vec(value)?;
-        Ok(Message::bytes(topic, body).with_content_type(CONTENT_TYPE_JSON))
+        // Most bodies are small: start with room for one rather than growing from nothing.
+        let mut body = Vec::with_capacity(128);
+        serde_json::to_writer(&mut body, value)?;
+        Ok(Message::new(topic.into(), body.into(), CONTENT_TYPE_JSON))
     }
 
     /// Sets the id (for example to keep the id of an upstream event).

@@ -66,6 +66,15 @@ pub(super) fn encode(message: &Message, attempt: u32) -> Vec<u8> {
     out
 }
 
+/// An upper bound of what [`Item`] writes for `message`, without looking into its payload.
+pub(super) fn max_item_len(message: &Message, envelope: bool) -> usize {
+    if envelope {
+        encoded_len(message, None)
+    } else {
+        message.payload.len()
+    }
+}
+
 /// An upper estimate of the envelope's length, so buffers are not grown while writing.
 fn encoded_len(message: &Message, payload: Option<&RawValue>) -> usize {
     let headers: usize = message

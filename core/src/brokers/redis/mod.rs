@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{Client, Cmd, Value};
+use ::redis::{Client, Cmd, RedisWrite, Value};
 use async_trait::async_trait;
 
 pub use self::dedup::RedisDedupStore;
@@ -231,25 +231,38 @@ impl Publisher for RedisBroker {
         // Each sent message's index in `messages` and the position of its command's reply.
         let mut sent: Vec<(usize, usize)> = Vec::with_capacity(messages.len());
         let mut commands = 0;
-        // The list the last `LPUSH` goes to and how many values it has.
-        let mut open_push: Option<(&str, usize)> = None;
+        // The `LPUSH` being filled: the command, its list and how many values it has.
+        let mut push: Option<(Cmd, &str, usize)> = None;
         for (index, message) in messages.iter().enumerate() {
             if let Err(err) = message.validate() {
                 results.push(Some(Err(err)));
                 continue;
             }
-            match &mut open_push {
-                Some((topic, values))
+            match &mut push {
+                Some((cmd, topic, values))
                     if list && *topic == message.topic && *values < VALUES_PER_PUSH =>
                 {
-                    pipe.arg(self.item(message));
+                    cmd.arg(self.item(message));
                     *values += 1;
                 }
                 _ if list => {
-                    pipe.cmd("LPUSH")
-                        .arg(&message.topic)
-                        .arg(self.item(message));
-                    open_push = Some((&message.topic, 1));
+                    if let Some((full, _, _)) = push.take() {
+                        pipe.add_command(full);
+                    }
+                    let mut cmd = ::redis::cmd("LPUSH");
+                    cmd.arg(&message.topic);
+                    // Room for the run of messages to this list, so the buffer is not grown
+                    // (and copied) as values are added.
+                    let envelope = self.inner.settings.envelope;
+                    cmd.reserve_space_for_args(
+                        messages[index..]
+                            .iter()
+                            .take_while(|next| next.topic == message.topic)
+                            .take(VALUES_PER_PUSH)
+                            .map(|next| envelope::max_item_len(next, envelope)),
+                    );
+                    cmd.arg(self.item(message));
+                    push = Some((cmd, &message.topic, 1));
                     commands += 1;
                 }
                 _ => {
@@ -259,6 +272,9 @@ impl Publisher for RedisBroker {
             }
             sent.push((index, commands - 1));
             results.push(None);
+        }
+        if let Some((last, _, _)) = push {
+            pipe.add_command(last);
         }
         if !sent.is_empty() {
             match pipe
