@@ -22,8 +22,9 @@ pub(super) fn to_record(message: &Message, attempt: u32) -> FutureRecord<'_, str
             key: HEADER_CONTENT_TYPE,
             value: Some(message.content_type.as_bytes()),
         });
-    let attempt_text = attempt.to_string();
     if attempt > 1 {
+        // librdkafka copies header values, so the text need not outlive the call.
+        let attempt_text = attempt.to_string();
         headers = headers.insert(Header {
             key: HEADER_ATTEMPT,
             value: Some(attempt_text.as_bytes()),
