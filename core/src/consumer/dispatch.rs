@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::dead_letter::DeadLetterer;
 use super::dedup::Dedup;
-use super::{ConsumerStats, Handler, HandlerError, RetryPolicy};
+use super::{ConsumerStats, Handler, HandlerError, OutcomeFuture, RetryPolicy};
 use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::message::now_ms;
@@ -62,6 +62,25 @@ enum Claim {
     Held(String),
     /// Handled (or being handled) already: acknowledge without handling.
     Skip,
+}
+
+/// How a delivery of a group is being handled.
+enum Handled {
+    /// Handed over with the group: its outcome's future.
+    HandedOver(OutcomeFuture),
+    /// The handler does not take groups: handled on its own.
+    Alone,
+    /// The hand-over panicked with this message.
+    Panicked(String),
+}
+
+/// The lane a delivery must keep its order in: its key, or its sequence (a partition).
+fn lane_key(delivery: &Delivery) -> Option<&String> {
+    delivery
+        .message
+        .key
+        .as_ref()
+        .or(delivery.meta.sequence.as_ref())
 }
 
 /// What became of one handler call: `None` when the consumer stopped before it finished,
@@ -147,29 +166,23 @@ impl Dispatcher {
     /// sequence) go to a handler that [takes groups](Handler::takes_groups) in one hand-over;
     /// the others are dispatched one by one.
     pub fn dispatch_all(self: &Arc<Self>, ready: Vec<Slotted>) {
-        if ready.len() == 1 || self.one_lane || !self.handler.takes_groups() {
-            for (delivery, slot) in ready {
-                self.dispatch(delivery, slot);
-            }
-            return;
-        }
-        let mut group = Vec::with_capacity(ready.len());
+        let grouping = ready.len() > 1 && !self.one_lane && self.handler.takes_groups();
+        let mut group = Vec::new();
         for (delivery, slot) in ready {
-            if delivery.message.key.is_some() || delivery.meta.sequence.is_some() {
-                self.dispatch(delivery, slot);
-            } else {
+            if grouping && lane_key(&delivery).is_none() {
                 group.push((delivery, slot));
-            }
-        }
-        if group.len() <= 1 {
-            for (delivery, slot) in group {
+            } else {
                 self.dispatch(delivery, slot);
             }
-            return;
         }
-        let this = self.clone();
-        self.tracker
-            .spawn(async move { this.process_group(group).await });
+        if group.len() == 1 {
+            let (delivery, slot) = group.remove(0);
+            self.dispatch(delivery, slot);
+        } else if !group.is_empty() {
+            let this = self.clone();
+            self.tracker
+                .spawn(async move { this.process_group(group).await });
+        }
     }
 
     /// Starts handling `delivery` now, or queues it behind the running one with its key.
@@ -177,11 +190,7 @@ impl Dispatcher {
         let lane = if self.one_lane {
             Some(String::new())
         } else {
-            delivery
-                .message
-                .key
-                .clone()
-                .or_else(|| delivery.meta.sequence.clone())
+            lane_key(&delivery).cloned()
         };
         let Some(key) = lane else {
             let this = self.clone();
@@ -303,45 +312,43 @@ impl Dispatcher {
             .catch_unwind()
             .await;
         drop(refs);
-        match handed {
+        let how: Vec<Handled> = match handed {
             Ok(Some(futures)) if futures.len() == claimed.len() => {
-                let mut settling: FuturesUnordered<_> = claimed
-                    .into_iter()
-                    .zip(futures)
-                    .map(|((delivery, claim, slot), future)| async move {
-                        let outcome = self.outcome_of(future).await;
-                        self.settle(delivery, claim, outcome).await;
-                        drop(slot);
-                    })
-                    .collect();
-                while settling.next().await.is_some() {}
+                futures.into_iter().map(Handled::HandedOver).collect()
             }
-            Ok(_) => {
-                // The handler takes one delivery at a time: all of them at once, still.
-                let mut settling: FuturesUnordered<_> = claimed
-                    .into_iter()
-                    .map(|(delivery, claim, slot)| async move {
-                        self.process_claimed(delivery, claim).await;
-                        drop(slot);
-                    })
-                    .collect();
-                while settling.next().await.is_some() {}
-            }
+            // The handler takes one delivery at a time: all of them at once, still.
+            Ok(_) => claimed.iter().map(|_| Handled::Alone).collect(),
             Err(panic) => {
                 let reason = panic_reason(&*panic);
-                let mut settling: FuturesUnordered<_> = claimed
-                    .into_iter()
-                    .map(|(delivery, claim, slot)| {
-                        let outcome = Some(Err(reason.clone()));
-                        async move {
-                            self.settle(delivery, claim, outcome).await;
-                            drop(slot);
-                        }
-                    })
-                    .collect();
-                while settling.next().await.is_some() {}
+                claimed
+                    .iter()
+                    .map(|_| Handled::Panicked(reason.clone()))
+                    .collect()
             }
-        }
+        };
+        let mut settling: FuturesUnordered<_> = claimed
+            .into_iter()
+            .zip(how)
+            .map(|((delivery, claim, slot), how)| self.finish(delivery, claim, slot, how))
+            .collect();
+        while settling.next().await.is_some() {}
+    }
+
+    /// Settles one delivery of a group by its outcome, then frees its slot.
+    async fn finish(
+        &self,
+        delivery: Delivery,
+        claim: Claim,
+        slot: OwnedSemaphorePermit,
+        how: Handled,
+    ) {
+        let outcome = match how {
+            Handled::HandedOver(future) => self.outcome_of(future).await,
+            Handled::Alone => self.outcome_of(self.handler.handle(&delivery)).await,
+            Handled::Panicked(reason) => Some(Err(reason)),
+        };
+        self.settle(delivery, claim, outcome).await;
+        drop(slot);
     }
 
     /// The outcome of a handler's future: `None` when the consumer is stopped first (then the

@@ -18,7 +18,7 @@ use ::redis::{RedisWrite, ToRedisArgs};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::message::{Headers, Message};
@@ -103,22 +103,14 @@ fn write<W: Write + ?Sized>(
     payload: Option<&RawValue>,
     out: &mut W,
 ) -> io::Result<()> {
-    out.write_all(b"{\"polybus\":")?;
-    serde_json::to_writer(&mut *out, &VERSION)?;
-    out.write_all(b",\"id\":")?;
-    serde_json::to_writer(&mut *out, &message.id)?;
-    out.write_all(b",\"topic\":")?;
-    serde_json::to_writer(&mut *out, &message.topic)?;
-    out.write_all(b",\"key\":")?;
-    serde_json::to_writer(&mut *out, &message.key)?;
-    out.write_all(b",\"headers\":")?;
-    serde_json::to_writer(&mut *out, &message.headers)?;
-    out.write_all(b",\"content_type\":")?;
-    serde_json::to_writer(&mut *out, &message.content_type)?;
-    out.write_all(b",\"timestamp\":")?;
-    serde_json::to_writer(&mut *out, &message.timestamp_ms)?;
-    out.write_all(b",\"attempt\":")?;
-    serde_json::to_writer(&mut *out, &attempt.max(1))?;
+    field(out, b"{\"polybus\":", &VERSION)?;
+    field(out, b",\"id\":", &message.id)?;
+    field(out, b",\"topic\":", &message.topic)?;
+    field(out, b",\"key\":", &message.key)?;
+    field(out, b",\"headers\":", &message.headers)?;
+    field(out, b",\"content_type\":", &message.content_type)?;
+    field(out, b",\"timestamp\":", &message.timestamp_ms)?;
+    field(out, b",\"attempt\":", &attempt.max(1))?;
     match payload {
         Some(raw) => {
             out.write_all(b",\"payload\":")?;
@@ -137,6 +129,16 @@ fn write<W: Write + ?Sized>(
         }
     }
     out.write_all(b"}")
+}
+
+/// Writes `prefix` (punctuation and a field name) and `value` as JSON.
+fn field<W: Write + ?Sized, T: Serialize + ?Sized>(
+    out: &mut W,
+    prefix: &[u8],
+    value: &T,
+) -> io::Result<()> {
+    out.write_all(prefix)?;
+    serde_json::to_writer(out, value).map_err(io::Error::from)
 }
 
 /// What is written for a message: its envelope, or its bare payload when envelopes are off.
