@@ -89,7 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             for s, impl in chosen:
                 if s is not scenario:
                     continue
-                n = max(min(100, messages), messages // impl.share)
+                scaled = max(min(100, messages), round(messages * impl.scale))
+                n = messages if opts.smoke else scaled
                 timeout = opts.timeout or (90.0 if opts.smoke else 180.0 + n / 100)
                 topic = f"bench.{run_id}.{scenario.name}.{impl.name}.{size}"
                 runs.append(

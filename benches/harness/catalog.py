@@ -14,8 +14,11 @@ class Impl:
     name: str
     polybus: bool
     how: str
-    # Runs messages / share: one publish confirmed at a time is ~100x slower than the rest.
-    share: int = 1
+    # Runs messages x scale (the full suite; smoke runs are not scaled), so that each run lasts
+    # seconds: fast implementations would finish 100,000 messages in a fraction of a second,
+    # where start-up and noise decide the rate, and one publish confirmed at a time is ~100x
+    # slower than the rest.
+    scale: float = 1.0
     # The Polybus implementation this comparator is compared with (default: the scenario's
     # primary one): batches with batches, one call per message with one call per message.
     versus: Optional[str] = None
@@ -47,15 +50,17 @@ class Scenario:
         return impl.versus or self.primary
 
 
-def _p(name: str, how: str, share: int = 1) -> Impl:
-    return Impl(name, True, how, share)
+def _p(name: str, how: str, scale: float = 1.0) -> Impl:
+    return Impl(name, True, how, scale)
 
 
-def _c(name: str, how: str, share: int = 1, versus: Optional[str] = None) -> Impl:
-    return Impl(name, False, how, share, versus)
+def _c(name: str, how: str, scale: float = 1.0, versus: Optional[str] = None) -> Impl:
+    return Impl(name, False, how, scale, versus)
 
 
-ONE_AT_A_TIME = 10
+# Scales (see `Impl.scale`): a tenth of N for one confirmed publish at a time; N x 2, 3, 5 or
+# 10 for implementations that go faster than about 50,000, 100,000 or 200,000 messages/s.
+ONE_AT_A_TIME = 0.1
 
 
 PY_SEND = "one `send` per message, gathered 1000 at a time, 4 chunks in flight"
@@ -70,10 +75,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         "produce",
         "Python, Kafka produce (idempotent, acks=all, linger 5 ms for every client)",
         (
-            _p("polybus-batch", PY_BATCH),
-            _p("polybus-send", PY_SEND),
-            _c("confluent-kafka", "`produce` + `poll(0)`, `flush` at the end"),
-            _c("aiokafka", "`send` futures gathered 1000 at a time, 4 chunks in flight"),
+            _p("polybus-batch", PY_BATCH, 5),
+            _p("polybus-send", PY_SEND, 5),
+            _c("confluent-kafka", "`produce` + `poll(0)`, `flush` at the end", 5),
+            _c("aiokafka", "`send` futures gathered 1000 at a time, 4 chunks in flight", 5),
             _c("faststream", "`KafkaBroker.publish` gathered 1000 at a time, 4 chunks in flight"),
         ),
         "polybus-batch",
@@ -85,9 +90,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         "consume",
         "Python, Kafka consume with a trivial handler",
         (
-            _p("polybus", PY_CONSUMER),
-            _c("confluent-kafka", "sync `poll` loop in a thread, auto commit"),
-            _c("aiokafka", "`getmany` + async handler per message, auto commit"),
+            _p("polybus", PY_CONSUMER, 3),
+            _c("confluent-kafka", "sync `poll` loop in a thread, auto commit", 3),
+            _c("aiokafka", "`getmany` + async handler per message, auto commit", 3),
             _c("faststream", "async subscriber"),
         ),
         "polybus",
@@ -132,14 +137,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "produce",
         "Python, Redis list produce (LPUSH)",
         (
-            _p("polybus-batch", PY_BATCH),
-            _p("polybus-send", PY_SEND),
+            _p("polybus-batch", PY_BATCH, 10),
+            _p("polybus-send", PY_SEND, 3),
             _c(
                 "redis-py",
                 "one `LPUSH` awaited per message (asyncio, hiredis)",
                 versus="polybus-send",
             ),
-            _c("redis-py-pipeline", "a pipeline per 1000 `LPUSH`"),
+            _c("redis-py-pipeline", "a pipeline per 1000 `LPUSH`", 3),
         ),
         "polybus-batch",
     ),
@@ -150,7 +155,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "consume",
         "Python, Redis list consume with a trivial handler",
         (
-            _p("polybus", PY_CONSUMER + " (reliable BLMOVE)"),
+            _p("polybus", PY_CONSUMER + " (reliable BLMOVE)", 2),
             _c("redis-py", "`BLMOVE` + `LREM` per message (at least once, like Polybus)"),
             _c("redis-py-brpop", "`BRPOP` loop (at most once)"),
         ),
@@ -163,14 +168,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "produce",
         "Python, Redis streams produce (XADD)",
         (
-            _p("polybus-batch", PY_BATCH),
-            _p("polybus-send", PY_SEND),
+            _p("polybus-batch", PY_BATCH, 5),
+            _p("polybus-send", PY_SEND, 3),
             _c(
                 "redis-py",
                 "one `XADD` awaited per message (asyncio, hiredis)",
                 versus="polybus-send",
             ),
-            _c("redis-py-pipeline", "a pipeline per 1000 `XADD`"),
+            _c("redis-py-pipeline", "a pipeline per 1000 `XADD`", 3),
         ),
         "polybus-batch",
     ),
@@ -181,8 +186,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         "consume",
         "Python, Redis streams consume with a trivial handler",
         (
-            _p("polybus", PY_CONSUMER + " (XREADGROUP + XACK)"),
-            _c("redis-py", "`XREADGROUP COUNT 100` + one `XACK` per batch"),
+            _p("polybus", PY_CONSUMER + " (XREADGROUP + XACK)", 3),
+            _c("redis-py", "`XREADGROUP COUNT 100` + one `XACK` per batch", 3),
         ),
         "polybus",
     ),
@@ -231,9 +236,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "PHP, Redis list produce",
         (
             _p("polybus", "`publish` per message"),
-            _p("polybus-batch", "`publishBatch` per 1000 messages"),
+            _p("polybus-batch", "`publishBatch` per 1000 messages", 10),
             _c("phpredis", "`lPush` per message"),
-            _c("phpredis-pipeline", "1000 `lPush` in a `Redis::PIPELINE`", versus="polybus-batch"),
+            _c(
+                "phpredis-pipeline",
+                "1000 `lPush` in a `Redis::PIPELINE`",
+                10,
+                versus="polybus-batch",
+            ),
         ),
         "polybus",
     ),
@@ -244,7 +254,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "consume",
         "PHP, Redis list consume with a trivial handler",
         (
-            _p("polybus", "`Broker::consume` (reliable BLMOVE)"),
+            _p("polybus", "`Broker::consume` (reliable BLMOVE)", 2),
             _c("phpredis", "`brpoplpush` + `lRem` per message (at least once)"),
         ),
         "polybus",
@@ -256,8 +266,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         "produce",
         "Rust core ceiling, Kafka produce",
         (
-            _p("polybus-core", "`publish_batch` per 1000, 4 batches in flight"),
-            _c("kafka-producer-perf", "Kafka's ProducerPerformance (acks=all, idempotent)"),
+            _p("polybus-core", "`publish_batch` per 1000, 4 batches in flight", 5),
+            _c("kafka-producer-perf", "Kafka's ProducerPerformance (acks=all, idempotent)", 5),
         ),
         "polybus-core",
     ),
@@ -280,9 +290,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         "produce",
         "Rust core ceiling, Redis LPUSH",
         (
-            _p("polybus-core", "`publish_batch` per 1000, 4 batches in flight"),
+            _p("polybus-core", "`publish_batch` per 1000, 4 batches in flight", 10),
             _p("polybus-core-single", "one awaited `publish` at a time (current-thread runtime)"),
-            _c("redis-benchmark", "redis-benchmark LPUSH, 1 connection, pipeline 1000"),
+            _c("redis-benchmark", "redis-benchmark LPUSH, 1 connection, pipeline 1000", 10),
             _c(
                 "redis-benchmark-single",
                 "redis-benchmark LPUSH, 1 connection, no pipeline",

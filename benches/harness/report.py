@@ -73,7 +73,8 @@ def markdown(doc: dict[str, Any], records: Sequence[Record]) -> str:
         f"# Polybus benchmark, {doc['started']}",
         "",
         f"Machine: {summary(doc['machine'])}.",
-        f"Messages per run: {doc['options']['messages']:,}; sizes: "
+        f"Messages per run: {doc['options']['messages']:,}, times the implementation's scale in"
+        " the full suite, so that every run lasts seconds (the `messages` column); sizes: "
         + ", ".join(f"{s} B" for s in doc["options"]["sizes"])
         + (
             "; **smoke run** (tiny counts: the numbers mean nothing)"
@@ -90,16 +91,16 @@ def markdown(doc: dict[str, Any], records: Sequence[Record]) -> str:
         " for the brokers' own tools, marked *). Ratio: msgs/s of the Polybus implementation"
         " (bold: the scenario's main one; `vs` names the one compared) over this row's msgs/s.",
         "",
-        "| scenario | size | implementation | msgs/s | p50 ms | p99 ms | CPU s | peak RSS MiB"
-        " | idle RSS MiB | Polybus ÷ this | vs |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | size | implementation | messages | msgs/s | p50 ms | p99 ms | CPU s"
+        " | peak RSS MiB | idle RSS MiB | Polybus ÷ this | vs |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in records:
         s = _scenario(r.scenario)
         name = f"**{r.impl}**" if r.impl == s.primary else r.impl
         if r.status != "ok":
             reason = (r.reason or "failed").replace("|", "/")
-            lines.append(f"| {r.scenario} | {r.size} | {name} | failed: {reason} ||||||||")
+            lines.append(f"| {r.scenario} | {r.size} | {name} | failed: {reason} |||||||||")
             continue
         own = "cpu_s" in r.result
         star = "" if own else "*"
@@ -113,6 +114,7 @@ def markdown(doc: dict[str, Any], records: Sequence[Record]) -> str:
                     r.scenario,
                     str(r.size),
                     name,
+                    _num(r.value("messages")),
                     _num(r.value("msgs_per_s")),
                     _ms(r.value("p50_ms")) if latency else "–",
                     _ms(r.value("p99_ms")) if latency else "–",
