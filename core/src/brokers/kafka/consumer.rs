@@ -364,6 +364,20 @@ struct Poller {
     commit_interval: Duration,
 }
 
+/// What one poll gave.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    /// A record (kept, or skipped as not for this consumer).
+    Message,
+    /// Nothing, or an error that is not fatal (logged).
+    Nothing,
+    /// A fatal error: the subscription failed.
+    Fatal,
+}
+
+/// The most records taken in one turn of the poll loop.
+const BURST: usize = 256;
+
 impl Poller {
     fn run(&mut self) {
         const MIN_IDLE: Duration = Duration::from_micros(500);
@@ -429,22 +443,20 @@ impl Poller {
                 idle = MIN_IDLE;
             }
             last_poll = Instant::now();
-            let taken = match self.consumer.poll(wait) {
-                None => None,
-                Some(Ok(record)) => self.take_in(&record),
-                Some(Err(err)) => {
-                    if is_fatal(&err) {
-                        self.sink.fail_now(kafka_error(err));
-                        break;
-                    }
-                    tracing::warn!(error = %err, group = %self.shared.group, "kafka consumer error");
-                    None
-                }
-            };
-            match taken {
-                Some((fetched, Some(due))) => self.hold(fetched, due, true),
-                Some((fetched, None)) => self.backlog.push_back(fetched),
-                None => {}
+            // One poll that may wait, then what else librdkafka has ready without waiting, so
+            // a burst is handed out together (one wake-up of the consumer runtime, not one per
+            // message) and the loop's own work is done once per burst.
+            let mut polled = self.take(wait);
+            let mut burst = 1;
+            while polled == Polled::Message
+                && burst < BURST
+                && self.backlog.len() < self.max_backlog
+            {
+                polled = self.take(Duration::ZERO);
+                burst += 1;
+            }
+            if polled == Polled::Fatal {
+                break;
             }
         }
         self.shared.closing.store(true, Ordering::Release);
@@ -454,6 +466,29 @@ impl Poller {
             CommitMode::Sync,
         );
         // Dropping the consumer leaves the group; its revoke callback commits again without waiting.
+    }
+
+    /// Polls once, waiting up to `wait`, and keeps what came.
+    fn take(&mut self, wait: Duration) -> Polled {
+        match self.consumer.poll(wait) {
+            None => Polled::Nothing,
+            Some(Ok(record)) => {
+                match self.take_in(&record) {
+                    Some((fetched, Some(due))) => self.hold(fetched, due, true),
+                    Some((fetched, None)) => self.backlog.push_back(fetched),
+                    None => {}
+                }
+                Polled::Message
+            }
+            Some(Err(err)) => {
+                if is_fatal(&err) {
+                    self.sink.fail_now(kafka_error(err));
+                    return Polled::Fatal;
+                }
+                tracing::warn!(error = %err, group = %self.shared.group, "kafka consumer error");
+                Polled::Nothing
+            }
+        }
     }
 
     /// Takes in a polled record, with the time to hold it until when it is a copy from the
