@@ -36,6 +36,8 @@ pub struct ConsumerSettings {
     dedup: Option<String>,
     dedup_ttl: f64,
     drain_timeout: f64,
+    /// The handler takes the decoded message alone: jobs carry no metadata (see [`JobBatch`]).
+    body_only: bool,
 }
 
 impl ConsumerSettings {
@@ -68,42 +70,79 @@ impl ConsumerSettings {
 }
 
 /// A batch of jobs as a list of tuples:
-/// `(token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
-/// offset, run, body)`: jobs with the same `run` id are handled one after another, in order;
-/// `body` is the decoded JSON payload, or `NOT_DECODED` for Python to decode.
+/// `(token, run, body, payload, content_type, topic, id, key, headers, timestamp_ms, attempt,
+/// partition, offset)`: jobs with the same `run` id are handled one after another, in order;
+/// `body` is the decoded JSON payload, or `NOT_DECODED` for Python to decode. With
+/// `body_only`, a job is its first five items, and `payload` and `content_type` are `None`
+/// when the body was decoded: a handler of the message alone needs nothing else, and the
+/// objects not made are most of the cost of a job.
 pub struct JobBatch {
     jobs: Vec<Job>,
     bridge: Arc<HandlerBridge>,
+    body_only: bool,
+}
+
+impl JobBatch {
+    fn full<'py>(py: Python<'py>, job: Job) -> PyResult<Bound<'py, PyTuple>> {
+        let m = job.message;
+        let headers = PyDict::new(py);
+        for (name, value) in m.headers {
+            headers.set_item(name, value)?;
+        }
+        let body = crate::decode::body(py, &m.payload, &m.content_type)?;
+        PyTuple::new(
+            py,
+            [
+                job.token.into_pyobject(py)?.into_any(),
+                job.run.into_pyobject(py)?.into_any(),
+                body,
+                PyBytes::new(py, &m.payload).into_any(),
+                m.content_type.into_pyobject(py)?.into_any(),
+                m.topic.into_pyobject(py)?.into_any(),
+                m.id.into_pyobject(py)?.into_any(),
+                m.key.into_pyobject(py)?.into_any(),
+                headers.into_any(),
+                m.timestamp_ms.into_pyobject(py)?.into_any(),
+                job.attempt.into_pyobject(py)?.into_any(),
+                job.meta.partition.into_pyobject(py)?.into_any(),
+                job.meta.offset.into_pyobject(py)?.into_any(),
+            ],
+        )
+    }
+
+    fn body_only<'py>(py: Python<'py>, job: Job) -> PyResult<Bound<'py, PyTuple>> {
+        let m = &job.message;
+        let body = crate::decode::body(py, &m.payload, &m.content_type)?;
+        let (payload, content_type) = if body.is(crate::decode::not_decoded(py)?) {
+            (
+                PyBytes::new(py, &m.payload).into_any(),
+                m.content_type.as_str().into_pyobject(py)?.into_any(),
+            )
+        } else {
+            (py.None().into_bound(py), py.None().into_bound(py))
+        };
+        PyTuple::new(
+            py,
+            [
+                job.token.into_pyobject(py)?.into_any(),
+                job.run.into_pyobject(py)?.into_any(),
+                body,
+                payload,
+                content_type,
+            ],
+        )
+    }
 }
 
 impl Ready for JobBatch {
     fn into_value(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let list = PyList::empty(py);
         for job in self.jobs {
-            let m = job.message;
-            let headers = PyDict::new(py);
-            for (name, value) in m.headers {
-                headers.set_item(name, value)?;
-            }
-            let body = crate::decode::body(py, &m.payload, &m.content_type)?;
-            let item = PyTuple::new(
-                py,
-                [
-                    job.token.into_pyobject(py)?.into_any(),
-                    m.topic.into_pyobject(py)?.into_any(),
-                    m.id.into_pyobject(py)?.into_any(),
-                    m.key.into_pyobject(py)?.into_any(),
-                    headers.into_any(),
-                    PyBytes::new(py, &m.payload).into_any(),
-                    m.content_type.into_pyobject(py)?.into_any(),
-                    m.timestamp_ms.into_pyobject(py)?.into_any(),
-                    job.attempt.into_pyobject(py)?.into_any(),
-                    job.meta.partition.into_pyobject(py)?.into_any(),
-                    job.meta.offset.into_pyobject(py)?.into_any(),
-                    job.run.into_pyobject(py)?.into_any(),
-                    body,
-                ],
-            )?;
+            let item = if self.body_only {
+                Self::body_only(py, job)?
+            } else {
+                Self::full(py, job)?
+            };
             list.append(item)?;
         }
         Ok(list.into_any().unbind())
@@ -155,6 +194,7 @@ impl<'py> IntoPyObject<'py> for Stats {
 #[pyclass(module = "polybus._polybus", frozen)]
 pub struct NativeConsumer {
     bridge: Arc<HandlerBridge>,
+    body_only: bool,
     consumer: Arc<tokio::sync::Mutex<Option<Consumer>>>,
     ready: ReadySignal,
     stats: Arc<std::sync::Mutex<ConsumerStats>>,
@@ -175,6 +215,7 @@ impl NativeConsumer {
             .map_err(to_py)?;
         Ok(NativeConsumer {
             bridge,
+            body_only: settings.body_only,
             ready: consumer.ready(),
             consumer: Arc::new(tokio::sync::Mutex::new(Some(consumer))),
             stats: Arc::default(),
@@ -192,10 +233,15 @@ impl NativeConsumer {
         wait: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let bridge = self.bridge.clone();
+        let body_only = self.body_only;
         let wait = Duration::from_secs_f64(wait.max(0.0));
         crate::completion::spawn_with(py, async move {
             let jobs = bridge.next_batch(max, wait).await;
-            JobBatch { jobs, bridge }
+            JobBatch {
+                jobs,
+                bridge,
+                body_only,
+            }
         })
     }
 

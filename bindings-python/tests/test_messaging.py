@@ -393,6 +393,25 @@ def test_every_kind_of_payload_arrives_as_python_would_encode_it(topic: str) -> 
     assert seen[8] == ({"order_id": 1, "user_id": 2}, "application/json")
 
 
+def test_a_handler_of_the_message_alone_gets_every_kind_of_payload_too(topic: str) -> None:
+    # Such a handler's jobs carry the body alone, and the payload only when Python decodes it:
+    # integers past 64 bits, text, raw bytes.
+    polybus.configure_messaging(url="memory://pytest-body-only")
+    sent: list[Any] = [{"big": 2**64 + 1, "n": -0.0}, {"f": 0.1}, "plain text", b"\x00\xffraw"]
+    seen: list[Any] = []
+
+    @message_handler(topic=topic, concurrency=1)
+    async def handle(message: Any) -> None:
+        seen.append(message)
+
+    async def send() -> None:
+        await get_producer().send_batch(topic, sent)
+
+    asyncio.run(_run(topic, send, until=lambda: len(seen) == len(sent)))
+    assert seen == [{"big": 2**64 + 1, "n": -0.0}, {"f": 0.1}, "plain text", b"\x00\xffraw"]
+    assert type(seen[0]["big"]) is int
+
+
 def test_values_json_cannot_hold_are_refused_before_anything_is_sent(topic: str) -> None:
     polybus.configure_messaging(url="memory://pytest-types")
     with pytest.raises(TypeError, match="cannot send a dict"):

@@ -8,21 +8,10 @@ __version__: str
 
 # topic, message (bytes, str, JSON-able value or pydantic model), key, headers, id
 Outgoing = tuple[str, Any, Optional[str], Optional[dict[str, str]], Optional[str]]
-Job = tuple[
-    int,
-    str,
-    str,
-    Optional[str],
-    dict[str, str],
-    bytes,
-    str,
-    int,
-    int,
-    Optional[int],
-    Optional[int],
-    Optional[int],
-    Any,
-]
+# token, run, body (or NOT_DECODED), payload, content_type, topic, id, key, headers,
+# timestamp_ms, attempt, partition, offset; with ``body_only`` the first five alone, payload
+# and content_type None when the body was decoded.
+Job = tuple[Any, ...]
 # What `complete` takes: a token alone for a success, (token, error, error_type, permanent).
 Outcome = Union[int, tuple[int, str, Optional[str], bool]]
 

@@ -17,9 +17,11 @@ from ._handlers import HandlerSpec, providers
 from ._types import MessageContext
 
 if TYPE_CHECKING:
-    # (token, topic, id, key, headers, payload, content_type, timestamp_ms, attempt, partition,
-    #  offset, run, body): jobs of one run (one key's or partition's queue) are handled in
-    #  order; body is the payload the engine decoded, or NOT_DECODED.
+    # (token, run, body, payload, content_type, topic, id, key, headers, timestamp_ms,
+    #  attempt, partition, offset): jobs of one run (one key's or partition's queue) are
+    #  handled in order; body is the payload the engine decoded, or NOT_DECODED. For a handler
+    #  of the message alone, jobs are the first five items (payload and content_type None
+    #  when the body was decoded).
     from ._polybus import Job, Outcome
 
 _NOT_DECODED = _polybus.NOT_DECODED
@@ -85,6 +87,7 @@ class HandlerRunner:
                 "dedup": spec.dedup,
                 "dedup_ttl": spec.dedup_ttl,
                 "drain_timeout": 30.0,
+                "body_only": self._call.direct is not None,
             }
         )
         self._pump = asyncio.ensure_future(self._run())
@@ -120,7 +123,7 @@ class HandlerRunner:
         while self._stopping is None or not self._stopping.done():
             jobs: list[Job] = await native.next_batch(_BATCH, _POLL_SECONDS)
             for job in jobs:
-                run = job[11]
+                run = job[1]
                 if run is None:
                     ready.append(job)
                 elif run in runs:
@@ -170,7 +173,7 @@ class HandlerRunner:
         try:
             if call.direct is not None:
                 # An async handler of the message alone: called here, one frame less per message.
-                body = job[12]
+                body = job[2]
                 await call.direct(call.decode(job) if body is _NOT_DECODED else body)
             else:
                 await call(job)
@@ -231,16 +234,15 @@ class _Caller:
     @staticmethod
     def decode(job: Job) -> Any:
         """The message of a job whose payload the engine left to Python."""
-        content_type = job[6]
+        content_type = job[4]
         try:
-            return decode(job[5], content_type)
+            return decode(job[3], content_type)
         except ValueError as err:
             raise _Validation(f"payload is not valid {content_type}: {err}") from err
 
     async def __call__(self, job: Job) -> None:
-        topic, msg_id, key, headers, payload, content_type, ts = job[1:8]
-        attempt, partition, offset = job[8:11]
-        body: Any = job[12]
+        body: Any = job[2]
+        payload, content_type, topic, msg_id, key, headers, ts, attempt, partition, offset = job[3:]
         if body is _NOT_DECODED:
             body = self.decode(job)
         if self.spec.schema is not None:
