@@ -30,7 +30,7 @@ use super::{Inner, keys, scripts};
 use crate::broker::{StartPosition, SubscriptionSpec};
 use crate::delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
 use crate::error::{Error, Result};
-use crate::message::{CONTENT_TYPE_JSON, Message};
+use crate::message::{CONTENT_TYPE_JSON, Message, now_ms};
 use crate::subscription::{DeliverySink, Subscription};
 use crate::wire::{
     HEADER_ATTEMPT, HEADER_CONTENT_TYPE, HEADER_ID, HEADER_KEY, HEADER_TIMESTAMP, parse_attempt,
@@ -100,73 +100,108 @@ pub(super) fn xadd(stream: &str, message: &Message, attempt: u32, maxlen: Option
 /// fields as a JSON object) is the payload, its other fields are headers, and its id is
 /// `<topic>-<entry id>`.
 pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (Message, u32) {
-    let mut pairs: Vec<(String, Vec<u8>)> = Vec::with_capacity(fields.len() / 2);
-    let mut values = fields.into_iter();
-    while let (Some(name), Some(value)) = (values.next(), values.next()) {
-        let name = text_of(&name).unwrap_or_default();
-        let value = match value {
-            Value::BulkString(bytes) => bytes,
-            other => text_of(&other).unwrap_or_default().into_bytes(),
-        };
-        pairs.push((name, value));
-    }
     let entry_ms = entry_id
         .split('-')
         .next()
         .and_then(|ms| ms.parse::<i64>().ok());
-    let polybus = pairs.iter().any(|(name, _)| name == HEADER_ID);
-    let mut message = Message::bytes(topic, Bytes::new());
-    if let Some(ms) = entry_ms {
-        message.timestamp_ms = ms;
+    let timestamp_ms = entry_ms.unwrap_or_else(now_ms);
+    let polybus = fields
+        .iter()
+        .step_by(2)
+        .any(|name| bytes_of(name) == Some(HEADER_ID.as_bytes()));
+    if !polybus {
+        return (foreign_entry(topic, entry_id, timestamp_ms, fields), 1);
     }
+    // Names are compared as bytes and values taken over as they are: no copy of the payload,
+    // no string made for a name.
+    let mut message = Message::received(
+        topic,
+        Bytes::new(),
+        String::new(),
+        String::new(),
+        timestamp_ms,
+    );
+    let mut content_type = None;
     let mut attempt = 1;
-    if polybus {
-        let mut content_type = None;
-        for (name, value) in pairs {
-            let text = || String::from_utf8_lossy(&value).into_owned();
-            match name.as_str() {
-                HEADER_ID => message.id = text(),
-                HEADER_CONTENT_TYPE => content_type = Some(text()),
-                HEADER_KEY => message.key = Some(text()),
-                HEADER_TIMESTAMP => {
-                    if let Ok(ms) = text().trim().parse() {
-                        message.timestamp_ms = ms;
-                    }
-                }
-                HEADER_ATTEMPT => attempt = parse_attempt(Some(&value)),
-                FIELD_PAYLOAD => message.payload = Bytes::from(value),
-                other => {
-                    let header = other.strip_prefix(HEADER_FIELD_PREFIX).unwrap_or(other);
-                    message.headers.insert(header.to_owned(), text());
+    let mut values = fields.into_iter();
+    while let (Some(name), Some(value)) = (values.next(), values.next()) {
+        let Some(name) = bytes_of(&name) else {
+            continue;
+        };
+        let value = owned_bytes(value);
+        match name {
+            name if name == HEADER_ID.as_bytes() => message.id = owned_text(value),
+            name if name == HEADER_CONTENT_TYPE.as_bytes() => {
+                content_type = Some(owned_text(value))
+            }
+            name if name == HEADER_KEY.as_bytes() => message.key = Some(owned_text(value)),
+            name if name == HEADER_TIMESTAMP.as_bytes() => {
+                if let Some(ms) = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                {
+                    message.timestamp_ms = ms;
                 }
             }
-        }
-        message.content_type =
-            content_type.unwrap_or_else(|| sniff_content_type(&message.payload).to_owned());
-    } else {
-        message.id = format!("{topic}-{entry_id}");
-        if let Some(index) = pairs.iter().position(|(name, _)| name == FIELD_PAYLOAD) {
-            let (_, payload) = pairs.remove(index);
-            message.content_type = sniff_content_type(&payload).to_owned();
-            message.payload = Bytes::from(payload);
-            for (name, value) in pairs {
-                message
-                    .headers
-                    .insert(name, String::from_utf8_lossy(&value).into_owned());
+            name if name == HEADER_ATTEMPT.as_bytes() => attempt = parse_attempt(Some(&value)),
+            name if name == FIELD_PAYLOAD.as_bytes() => message.payload = Bytes::from(value),
+            other => {
+                let other = String::from_utf8_lossy(other);
+                let header = other.strip_prefix(HEADER_FIELD_PREFIX).unwrap_or(&other);
+                message.headers.insert(header.to_owned(), owned_text(value));
             }
-        } else {
-            let object: serde_json::Map<String, serde_json::Value> = pairs
-                .into_iter()
-                .map(|(name, value)| {
-                    let value = String::from_utf8_lossy(&value).into_owned();
-                    (name, serde_json::Value::String(value))
-                })
-                .collect();
-            message.payload = Bytes::from(serde_json::Value::Object(object).to_string());
-            message.content_type = CONTENT_TYPE_JSON.to_owned();
         }
     }
+    message.content_type =
+        content_type.unwrap_or_else(|| sniff_content_type(&message.payload).to_owned());
     (message, attempt)
+}
+
+/// An entry another producer added: its `payload` field (or, without one, all its fields as
+/// a JSON object) is the payload, its other fields are headers.
+fn foreign_entry(topic: &str, entry_id: &str, timestamp_ms: i64, fields: Vec<Value>) -> Message {
+    let mut pairs: Vec<(String, Vec<u8>)> = Vec::with_capacity(fields.len() / 2);
+    let mut values = fields.into_iter();
+    while let (Some(name), Some(value)) = (values.next(), values.next()) {
+        pairs.push((text_of(&name).unwrap_or_default(), owned_bytes(value)));
+    }
+    let id = format!("{topic}-{entry_id}");
+    if let Some(index) = pairs.iter().position(|(name, _)| name == FIELD_PAYLOAD) {
+        let (_, payload) = pairs.remove(index);
+        let content_type = sniff_content_type(&payload).to_owned();
+        let mut message = Message::received(topic, payload, id, content_type, timestamp_ms);
+        for (name, value) in pairs {
+            message.headers.insert(name, owned_text(value));
+        }
+        message
+    } else {
+        let object: serde_json::Map<String, serde_json::Value> = pairs
+            .into_iter()
+            .map(|(name, value)| (name, serde_json::Value::String(owned_text(value))))
+            .collect();
+        let payload = serde_json::Value::Object(object).to_string();
+        Message::received(
+            topic,
+            payload,
+            id,
+            CONTENT_TYPE_JSON.to_owned(),
+            timestamp_ms,
+        )
+    }
+}
+
+/// A field's value as bytes, taken over when it is a bulk string.
+fn owned_bytes(value: Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(bytes) => bytes,
+        other => text_of(&other).unwrap_or_default().into_bytes(),
+    }
+}
+
+/// Bytes as text, reusing them when they are UTF-8 (invalid sequences become U+FFFD).
+fn owned_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
 }
 
 /// The group id that puts a new group, or moves an existing one, before the first entry
