@@ -58,8 +58,8 @@ def _c(name: str, how: str, scale: float = 1.0, versus: Optional[str] = None) ->
     return Impl(name, False, how, scale, versus)
 
 
-# Scales (see `Impl.scale`): a tenth of N for one confirmed publish at a time; N x 2, 3, 5 or
-# 10 for implementations that go faster than about 50,000, 100,000 or 200,000 messages/s.
+# Scales (see `Impl.scale`): a tenth of N for one confirmed publish at a time; N x 2 to 10 for
+# fast implementations, chosen from the rates seen so that a run lasts at least ~2 s.
 ONE_AT_A_TIME = 0.1
 
 

@@ -112,8 +112,7 @@ pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (
     if !polybus {
         return (foreign_entry(topic, entry_id, timestamp_ms, fields), 1);
     }
-    // Names are compared as bytes and values taken over as they are: no copy of the payload,
-    // no string made for a name.
+    // Values are taken over as they are: no copy of the payload, no string made for a name.
     let mut message = Message::received(
         topic,
         Bytes::new(),
@@ -128,14 +127,14 @@ pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (
         let Some(name) = bytes_of(&name) else {
             continue;
         };
+        // Borrowed, not copied, when the name is UTF-8 (always, for Polybus' own fields).
+        let name = String::from_utf8_lossy(name);
         let value = owned_bytes(value);
-        match name {
-            name if name == HEADER_ID.as_bytes() => message.id = owned_text(value),
-            name if name == HEADER_CONTENT_TYPE.as_bytes() => {
-                content_type = Some(owned_text(value))
-            }
-            name if name == HEADER_KEY.as_bytes() => message.key = Some(owned_text(value)),
-            name if name == HEADER_TIMESTAMP.as_bytes() => {
+        match name.as_ref() {
+            HEADER_ID => message.id = owned_text(value),
+            HEADER_CONTENT_TYPE => content_type = Some(owned_text(value)),
+            HEADER_KEY => message.key = Some(owned_text(value)),
+            HEADER_TIMESTAMP => {
                 if let Some(ms) = std::str::from_utf8(&value)
                     .ok()
                     .and_then(|text| text.trim().parse().ok())
@@ -143,11 +142,10 @@ pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (
                     message.timestamp_ms = ms;
                 }
             }
-            name if name == HEADER_ATTEMPT.as_bytes() => attempt = parse_attempt(Some(&value)),
-            name if name == FIELD_PAYLOAD.as_bytes() => message.payload = Bytes::from(value),
+            HEADER_ATTEMPT => attempt = parse_attempt(Some(&value)),
+            FIELD_PAYLOAD => message.payload = Bytes::from(value),
             other => {
-                let other = String::from_utf8_lossy(other);
-                let header = other.strip_prefix(HEADER_FIELD_PREFIX).unwrap_or(&other);
+                let header = other.strip_prefix(HEADER_FIELD_PREFIX).unwrap_or(other);
                 message.headers.insert(header.to_owned(), owned_text(value));
             }
         }
