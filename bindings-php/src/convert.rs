@@ -7,12 +7,17 @@
 use std::time::Duration;
 
 use ext_php_rs::boxed::ZBox;
+use ext_php_rs::ffi::{
+    IS_ARRAY, IS_DOUBLE, IS_FALSE, IS_LONG, IS_NULL, IS_OBJECT, IS_STRING, IS_TRUE,
+};
 use ext_php_rs::types::{ZendHashTable, ZendObject, Zval};
 use ext_php_rs::zend::ClassEntry;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, Serializer};
 
 use polybus::Headers;
+
+use crate::php_array::{self, Key};
 
 /// Deepest nesting accepted, as `json_encode`'s default depth.
 const MAX_DEPTH: usize = 512;
@@ -48,31 +53,33 @@ fn array<S: Serializer>(
     if depth >= MAX_DEPTH {
         return Err(too_deep());
     }
-    if array.has_sequential_keys() {
+    if php_array::is_list(array) {
         let mut seq = serializer.serialize_seq(Some(array.len()))?;
-        for (index, item) in array.values().enumerate() {
+        for (index, item) in php_array::values(array).enumerate() {
             seq.serialize_element(&Nested(item, depth + 1))
                 .map_err(|err| ser::Error::custom(at(&index.to_string(), &err)))?;
         }
         return seq.end();
     }
     let mut map = serializer.serialize_map(Some(array.len()))?;
-    // Keys are read in place (no string copied per key): a string key as it is, an integer
-    // key as its digits, which is how `json_encode` writes both.
-    let mut entries = array.iter();
-    while let Some((key, item)) = entries.next_zval() {
+    // Keys are read in place: a string key as it is, an integer key as its digits, which is how
+    // `json_encode` writes both.
+    for (key, item) in php_array::entries(array) {
         let entry = Nested(item, depth + 1);
-        let written = match (key.long(), key.str()) {
-            (Some(n), _) => map.serialize_entry(&n, &entry),
-            (None, Some(name)) => map.serialize_entry(name, &entry),
-            (None, None) => Err(ser::Error::custom(
-                "a key is not valid UTF-8, which JSON requires",
-            )),
+        let written = match key {
+            Key::Index(n) => map.serialize_entry(&n, &entry),
+            Key::Name(name) => match name.as_str() {
+                Ok(name) => map.serialize_entry(name, &entry),
+                Err(_) => Err(ser::Error::custom(
+                    "a key is not valid UTF-8, which JSON requires",
+                )),
+            },
         };
         written.map_err(|err| {
-            let name = key
-                .long()
-                .map_or_else(|| key.str().unwrap_or("?").to_owned(), |n| n.to_string());
+            let name = match key {
+                Key::Index(n) => n.to_string(),
+                Key::Name(name) => String::from_utf8_lossy(name.as_bytes()).into_owned(),
+            };
             ser::Error::custom(at(&name, &err))
         })?;
     }
@@ -89,41 +96,39 @@ fn at(key: &str, err: &dyn std::fmt::Display) -> String {
 
 fn value<S: Serializer>(value: &Zval, depth: usize, serializer: S) -> Result<S::Ok, S::Error> {
     let value = value.dereference();
-    if value.is_null() {
-        return serializer.serialize_unit();
-    }
-    if let Some(b) = value.bool() {
-        return serializer.serialize_bool(b);
-    }
-    if let Some(n) = value.long() {
-        return serializer.serialize_i64(n);
-    }
-    if let Some(f) = value.double() {
-        if !f.is_finite() {
-            return Err(ser::Error::custom(format!(
-                "{f} cannot be encoded as JSON (INF and NAN cannot)"
-            )));
+    match php_array::type_code(value) {
+        IS_NULL => serializer.serialize_unit(),
+        IS_FALSE => serializer.serialize_bool(false),
+        IS_TRUE => serializer.serialize_bool(true),
+        IS_LONG => serializer.serialize_i64(value.long().unwrap_or_default()),
+        IS_DOUBLE => {
+            let f = value.double().unwrap_or_default();
+            if !f.is_finite() {
+                return Err(ser::Error::custom(format!(
+                    "{f} cannot be encoded as JSON (INF and NAN cannot)"
+                )));
+            }
+            serializer.serialize_f64(f)
         }
-        return serializer.serialize_f64(f);
-    }
-    if value.is_string() {
-        return match value.str() {
+        IS_STRING => match value.str() {
             Some(s) => serializer.serialize_str(s),
             None => Err(ser::Error::custom(
                 "a string is not valid UTF-8, which JSON requires",
             )),
-        };
+        },
+        IS_ARRAY => match value.array() {
+            Some(items) => array(items, depth, serializer),
+            None => Err(ser::Error::custom("an array could not be read")),
+        },
+        IS_OBJECT => match value.object() {
+            Some(object) => self::object(object, depth, serializer),
+            None => Err(ser::Error::custom("an object could not be read")),
+        },
+        _ => Err(ser::Error::custom(format!(
+            "a value of type {:?} cannot be encoded as JSON",
+            value.get_type()
+        ))),
     }
-    if let Some(items) = value.array() {
-        return array(items, depth, serializer);
-    }
-    if let Some(object) = value.object() {
-        return self::object(object, depth, serializer);
-    }
-    Err(ser::Error::custom(format!(
-        "a value of type {:?} cannot be encoded as JSON",
-        value.get_type()
-    )))
 }
 
 /// Objects as `json_encode` sees them: `JsonSerializable` says what it is, any other object

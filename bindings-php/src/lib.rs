@@ -16,6 +16,7 @@ mod errors;
 mod hub;
 mod interface;
 mod message;
+mod php_array;
 mod runtime;
 
 use std::time::Duration;
