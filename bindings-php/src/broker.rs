@@ -6,6 +6,7 @@ use std::time::Duration;
 use ext_php_rs::boxed::ZBox;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
+use polybus::message::validate_topic;
 use polybus::{BrokerKind, FailoverBroker, Message, SharedBroker};
 
 use crate::config::settings_from;
@@ -14,7 +15,8 @@ use crate::errors::{
     Class, Context, block_error, config_error, engine_error, engine_error_with, throw,
 };
 use crate::interface::{MessageBrokerInterface, PhpInterfaceMessageBrokerInterface};
-use crate::runtime::{block_on, run};
+use crate::php_array;
+use crate::runtime::{BlockError, Started, block_on, finish, run, start};
 
 /// How long dropping a broker (end of request or process) waits for queued messages.
 const FLUSH_AT_DROP: Duration = Duration::from_secs(5);
@@ -70,6 +72,93 @@ impl Broker {
             .map_err(|err| block_error(err, "publishing"))?
             .map_err(|err| engine_error(&err, Context::Publish))?;
         Ok(receipt.id)
+    }
+}
+
+/// How many payloads of a batch are encoded and sent together.
+const PUBLISH_CHUNK: usize = 256;
+
+/// Sends a batch's chunks in order, one in flight at a time: the next chunk is encoded while
+/// the broker takes the previous one, and starts only once that one was answered.
+struct ChunkSender<'a> {
+    broker: &'a SharedBroker,
+    timeout: Duration,
+    in_flight: Option<Started<Vec<polybus::Result<polybus::PublishReceipt>>>>,
+    outcome: BatchOutcome,
+}
+
+impl<'a> ChunkSender<'a> {
+    fn new(broker: &'a SharedBroker, timeout: Duration) -> Self {
+        ChunkSender {
+            broker,
+            timeout,
+            in_flight: None,
+            outcome: BatchOutcome::default(),
+        }
+    }
+
+    /// Waits for the chunk in flight, then starts `messages` on their way.
+    fn send(&mut self, messages: Vec<Message>) -> PhpResult<()> {
+        self.wait()?;
+        let broker = self.broker.clone();
+        let started = start(async move { broker.publish_batch(messages).await })
+            .map_err(|io| block_error(BlockError::Runtime(io), "publishing a batch"))?;
+        self.in_flight = Some(started);
+        Ok(())
+    }
+
+    fn wait(&mut self) -> PhpResult<()> {
+        match self.in_flight.take() {
+            Some(started) => self.outcome.add(finish(self.timeout, started)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the last chunk and returns the tally.
+    fn finish(mut self) -> PhpResult<BatchOutcome> {
+        self.wait()?;
+        Ok(self.outcome)
+    }
+}
+
+/// The tally of a batch's chunks: how many were accepted, how many failed, the first failure.
+#[derive(Default)]
+struct BatchOutcome {
+    accepted: i64,
+    failed: usize,
+    first_error: Option<polybus::Error>,
+}
+
+impl BatchOutcome {
+    /// Counts one chunk's results; a chunk that got no answer ends the batch.
+    fn add(
+        &mut self,
+        results: Result<Vec<polybus::Result<polybus::PublishReceipt>>, BlockError>,
+    ) -> PhpResult<()> {
+        for result in results.map_err(|err| block_error(err, "publishing a batch"))? {
+            match result {
+                Ok(_) => self.accepted += 1,
+                Err(err) => {
+                    self.failed += 1;
+                    self.first_error.get_or_insert(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn into_result(self, total: usize, destination: &str) -> PhpResult<i64> {
+        match self.first_error {
+            None => Ok(self.accepted),
+            Some(err) => Err(engine_error_with(
+                &err,
+                Context::Publish,
+                format!(
+                    "{} of {total} messages to {destination:?} failed; the first: {err}",
+                    self.failed
+                ),
+            )),
+        }
     }
 }
 
@@ -147,45 +236,61 @@ impl Broker {
 
     /// Publishes every array of `$payloads` to `$destination`, pipelined, and returns how many
     /// the broker accepted. Throws (after all were tried) when any failed, saying how many.
+    ///
+    /// Payloads are encoded and sent in chunks, and the next chunk is encoded while the broker
+    /// takes the previous one. A payload that is not an array fails the call before anything
+    /// is sent; one that cannot be encoded as JSON (found while encoding) stops it there: the
+    /// payloads before it were published, the exception says how many, and none after it are.
     pub fn publish_batch(&self, destination: String, payloads: &ZendHashTable) -> PhpResult<i64> {
         let broker = self.open()?;
-        let mut messages = Vec::with_capacity(payloads.len());
-        for (index, payload) in payloads.values().enumerate() {
-            let payload = payload.dereference().array().ok_or_else(|| {
-                throw(
-                    Class::InvalidMessage,
-                    format!("invalid message: payload {index} for {destination:?} is not an array"),
-                )
-            })?;
-            let message = Self::message(&destination, payload)?;
-            message
-                .validate()
-                .map_err(|err| engine_error(&err, Context::Publish))?;
-            messages.push(message);
+        if let Err(reason) = validate_topic(&destination) {
+            let err = polybus::Error::InvalidMessage(reason);
+            return Err(engine_error(&err, Context::Publish));
         }
-        let total = messages.len();
-        let results = block_on(self.timeout, broker.publish_batch(messages))
-            .map_err(|err| block_error(err, "publishing a batch"))?;
-        let mut accepted = 0i64;
-        let mut first_error = None;
-        let mut failed = 0usize;
-        for result in results {
-            match result {
-                Ok(_) => accepted += 1,
+        if let Some((index, _)) = php_array::values(payloads)
+            .enumerate()
+            .find(|(_, payload)| payload.dereference().array().is_none())
+        {
+            return Err(throw(
+                Class::InvalidMessage,
+                format!("invalid message: payload {index} for {destination:?} is not an array"),
+            ));
+        }
+        let total = payloads.len();
+        let mut sender = ChunkSender::new(broker, self.timeout);
+        let mut chunk = Vec::with_capacity(total.min(PUBLISH_CHUNK));
+        let mut stopped = None;
+        for (index, payload) in php_array::values(payloads).enumerate() {
+            let Some(payload) = payload.dereference().array() else {
+                continue;
+            };
+            match Message::json(&destination, &PhpJson(payload)) {
+                Ok(message) => chunk.push(message),
                 Err(err) => {
-                    failed += 1;
-                    first_error.get_or_insert(err);
+                    stopped = Some((index, err));
+                    break;
                 }
             }
+            if chunk.len() == PUBLISH_CHUNK {
+                let rest = (total - index - 1).min(PUBLISH_CHUNK);
+                sender.send(std::mem::replace(&mut chunk, Vec::with_capacity(rest)))?;
+            }
         }
-        match first_error {
-            None => Ok(accepted),
-            Some(err) => Err(engine_error_with(
-                &err,
-                Context::Publish,
-                format!("{failed} of {total} messages to {destination:?} failed; the first: {err}"),
-            )),
+        if !chunk.is_empty() {
+            sender.send(chunk)?;
         }
+        let outcome = sender.finish()?;
+        if let Some((index, err)) = stopped {
+            let accepted = outcome.accepted;
+            return Err(throw(
+                Class::InvalidMessage,
+                format!(
+                    "payload {index} for {destination:?} cannot be encoded as JSON: {err}; \
+                     {accepted} payloads before it were published, none after it"
+                ),
+            ));
+        }
+        outcome.into_result(total, &destination)
     }
 
     /// Waits up to `$timeout` seconds until everything published so far was accepted.

@@ -143,6 +143,52 @@ pub fn block_on<F: Future>(limit: Duration, future: F) -> Result<F::Output, Bloc
         .map_err(|_| BlockError::Elapsed(limit))
 }
 
+/// Scheduler rounds [`start`] gives a new task: enough for it to hand its request to its
+/// connection and for the connection's task to write it.
+const START_ROUNDS: usize = 4;
+
+/// A future running on the runtime as a task, started by [`start`] and awaited by [`finish`].
+pub struct Started<T>(tokio::task::JoinHandle<T>);
+
+/// Starts `future` as a task on the runtime and drives the runtime for a few rounds, so its
+/// requests are on their way, then returns without waiting for it: PHP goes on with other work
+/// while the broker does its part. [`finish`] waits for the result. (Between calls the keeper
+/// drives the runtime, so a request that did not fit the socket at once still goes out.)
+pub fn start<F>(future: F) -> std::io::Result<Started<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let driver = driver()?;
+    let _busy = Busy::new(driver.busy);
+    let task = driver.runtime.spawn(future);
+    driver.runtime.block_on(async {
+        for _ in 0..START_ROUNDS {
+            tokio::task::yield_now().await;
+        }
+    });
+    Ok(Started(task))
+}
+
+/// Waits up to `limit` for a [`start`]ed future's result. Past the deadline the task is
+/// cancelled.
+pub fn finish<T>(limit: Duration, started: Started<T>) -> Result<T, BlockError> {
+    let Started(mut task) = started;
+    let waited = run(async { tokio::time::timeout(limit, &mut task).await });
+    match waited {
+        Err(io) => {
+            task.abort();
+            Err(BlockError::Runtime(io))
+        }
+        Ok(Err(_)) => {
+            task.abort();
+            Err(BlockError::Elapsed(limit))
+        }
+        Ok(Ok(Ok(output))) => Ok(output),
+        Ok(Ok(Err(failed))) => Err(BlockError::Failed(failed.to_string())),
+    }
+}
+
 /// Why a blocking wait did not produce a value.
 #[derive(Debug)]
 pub enum BlockError {
@@ -150,6 +196,8 @@ pub enum BlockError {
     Runtime(std::io::Error),
     /// The deadline passed.
     Elapsed(Duration),
+    /// A started task ended without a result (it panicked or was cancelled).
+    Failed(String),
 }
 
 /// Stops the keeper and the runtime at module shutdown, before PHP unloads the extension's

@@ -49,7 +49,9 @@ namespace Polybus {
 
         /**
          * Publishes every array of `$payloads`, pipelined; returns how many the broker accepted.
-         * Throws after all were tried when any failed, saying how many.
+         * Throws after all were tried when any failed, saying how many. A payload that is not an
+         * array fails the call before anything is sent; one that JSON cannot encode stops it
+         * there (those before it were published, none after it, and the exception says so).
          *
          * @param list<array<mixed>> $payloads
          * @throws Exception\PolybusException

@@ -128,6 +128,19 @@ abstract class BrokerContractTest extends TestCase
         self::assertSame([1, 2, 3, 4, 5], $numbers);
     }
 
+    public function testAPublishBatchLongerThanOneChunkArrivesWholeAndInOrder(): void
+    {
+        $broker = $this->broker();
+        $topic = $this->prepare($broker, $this->destination('chunks'));
+        // Sent in chunks of 256, one in flight while the next is encoded.
+        self::assertSame(700, $broker->publishBatch($topic, array_map(static fn (int $n): array => ['n' => $n], range(1, 700))));
+        $numbers = [];
+        $broker->consume($topic, static function (Message $message) use (&$numbers): void {
+            $numbers[] = $message->payload()['n'];
+        }, 700, $this->patience());
+        self::assertSame(range(1, 700), $numbers);
+    }
+
     public function testConsumeStopsAtItsLimitAndLeavesTheRestForLater(): void
     {
         $broker = $this->broker();

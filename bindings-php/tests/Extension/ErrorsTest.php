@@ -106,6 +106,33 @@ final class ErrorsTest extends TestCase
         self::assertInstanceOf(InvalidMessageException::class, $error);
     }
 
+    public function testABatchWithAPayloadThatIsNotAnArrayPublishesNothing(): void
+    {
+        $broker = new Broker('memory://');
+        $error = $this->thrown(static fn () => $broker->publishBatch('batch.bad', [['n' => 1], 'text', ['n' => 3]]));
+        self::assertInstanceOf(InvalidMessageException::class, $error);
+        self::assertStringContainsString('payload 1 for "batch.bad" is not an array', $error->getMessage());
+        $error = $this->thrown(static fn () => $broker->publishBatch('bad topic', [['n' => 1]]));
+        self::assertInstanceOf(InvalidMessageException::class, $error);
+        self::assertSame(0, $broker->consume('batch.bad', static fn () => null, 1, 0.2));
+    }
+
+    public function testABatchStopsAtAPayloadJsonCannotEncodeAndSaysWhatWasPublished(): void
+    {
+        $broker = new Broker('memory://');
+        $payloads = array_map(static fn (int $n): array => ['n' => $n], range(0, 599));
+        $payloads[300]['x'] = INF;
+        $error = $this->thrown(static fn () => $broker->publishBatch('batch.inf', $payloads));
+        self::assertInstanceOf(InvalidMessageException::class, $error);
+        self::assertStringContainsString('payload 300 for "batch.inf" cannot be encoded as JSON', $error->getMessage());
+        self::assertStringContainsString('300 payloads before it were published, none after it', $error->getMessage());
+        $numbers = [];
+        $broker->consume('batch.inf', static function (Message $m) use (&$numbers): void {
+            $numbers[] = $m->payload()['n'];
+        }, 600, 0.5);
+        self::assertSame(range(0, 299), $numbers);
+    }
+
     public function testPayloadsAreEncodedAsJsonEncodeDoes(): void
     {
         $payload = [
