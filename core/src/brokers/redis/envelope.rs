@@ -21,6 +21,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::json_check;
 use crate::message::{Headers, Message};
 use crate::wire::{is_json_content_type, sniff_content_type};
 
@@ -49,12 +50,12 @@ struct Incoming<'a> {
 
 /// The payload as an embeddable JSON value, when it is JSON and embedding keeps it byte for
 /// byte (no surrounding whitespace; `null` is left out as it would read as "no payload").
-fn embeddable(message: &Message) -> Option<&RawValue> {
-    if !is_json_content_type(&message.content_type) {
-        return None;
-    }
-    let raw: &RawValue = serde_json::from_slice(&message.payload).ok()?;
-    (raw.get().len() == message.payload.len() && raw.get() != "null").then_some(raw)
+fn embeddable(message: &Message) -> Option<&[u8]> {
+    let payload = &message.payload[..];
+    (is_json_content_type(&message.content_type)
+        && payload != b"null"
+        && json_check::is_single_value(payload))
+    .then_some(payload)
 }
 
 /// The envelope for `message` on its `attempt`, as JSON bytes.
@@ -76,7 +77,7 @@ pub(super) fn max_item_len(message: &Message, envelope: bool) -> usize {
 }
 
 /// An upper estimate of the envelope's length, so buffers are not grown while writing.
-fn encoded_len(message: &Message, payload: Option<&RawValue>) -> usize {
+fn encoded_len(message: &Message, payload: Option<&[u8]>) -> usize {
     let headers: usize = message
         .headers
         .iter()
@@ -100,7 +101,7 @@ fn encoded_len(message: &Message, payload: Option<&RawValue>) -> usize {
 fn write<W: Write + ?Sized>(
     message: &Message,
     attempt: u32,
-    payload: Option<&RawValue>,
+    payload: Option<&[u8]>,
     out: &mut W,
 ) -> io::Result<()> {
     field(out, b"{\"polybus\":", &VERSION)?;
@@ -114,7 +115,7 @@ fn write<W: Write + ?Sized>(
     match payload {
         Some(raw) => {
             out.write_all(b",\"payload\":")?;
-            out.write_all(raw.get().as_bytes())?;
+            out.write_all(raw)?;
         }
         None => {
             out.write_all(b",\"payload_base64\":\"")?;

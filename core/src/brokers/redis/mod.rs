@@ -22,6 +22,7 @@ mod admin;
 mod conn;
 mod dedup;
 mod envelope;
+mod json_check;
 mod keys;
 mod list;
 mod pubsub;
