@@ -257,9 +257,22 @@ async fn list_items_are_the_documented_envelope_or_the_bare_payload() {
         item,
         serde_json::json!({
             "polybus": 1, "id": "order-7", "topic": topic, "key": "customer-1",
-            "headers": {"trace-id": "t-1"}, "content_type": "application/json",
-            "timestamp": 1_718_000_000_000i64, "attempt": 1, "payload": {"order_id": 7}
+            "headers": {"trace-id": "t-1"}, "timestamp": 1_718_000_000_000i64,
+            "payload": {"order_id": 7}
         })
+    );
+    // Without a key or headers, only what differs from the defaults is written.
+    let plain_message = Message::json(&topic, &serde_json::json!({"n": 1}))
+        .unwrap()
+        .with_id("plain-1")
+        .with_timestamp_ms(1_718_000_000_001);
+    enveloped.publish(plain_message).await.unwrap();
+    let raw: String = conn.rpop(&topic, None).await.unwrap();
+    assert_eq!(
+        raw,
+        format!(
+            r#"{{"polybus":1,"id":"plain-1","topic":"{topic}","timestamp":1718000000001,"payload":{{"n":1}}}}"#
+        )
     );
     enveloped
         .publish(Message::bytes(&topic, &b"\x01\x02"[..]))

@@ -3,12 +3,13 @@
 //!
 //! ```json
 //! {"polybus":1,"id":"0190…","topic":"orders.created","key":"customer-7",
-//!  "headers":{"trace-id":"abc"},"content_type":"application/json",
-//!  "timestamp":1718000000000,"attempt":1,"payload":{"order_id":1}}
+//!  "headers":{"trace-id":"abc"},"timestamp":1718000000000,"attempt":2,"payload":{"order_id":1}}
 //! ```
 //!
 //! A JSON payload is embedded as it is (`payload`, byte for byte); any other payload travels
-//! base64-encoded in `payload_base64` instead. An item that is not such an envelope (what a
+//! base64-encoded in `payload_base64` instead. Fields at their defaults are left out, as they
+//! make up most of a small message: no `key`, no `headers`, `attempt` 1, and `content_type`
+//! `application/json` for an embedded payload. An item that is not such an envelope (what a
 //! plain `LPUSH topic '{"source_id":1}'` writes) is a foreign payload: taken whole, with a fresh
 //! id and its content type sniffed.
 
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::json_check;
-use crate::message::{Headers, Message};
+use crate::message::{CONTENT_TYPE_JSON, Headers, Message};
 use crate::wire::{is_json_content_type, sniff_content_type};
 
 /// The envelope format version, written as the `polybus` field.
@@ -107,11 +108,19 @@ fn write<W: Write + ?Sized>(
     field(out, b"{\"polybus\":", &VERSION)?;
     field(out, b",\"id\":", &message.id)?;
     field(out, b",\"topic\":", &message.topic)?;
-    field(out, b",\"key\":", &message.key)?;
-    field(out, b",\"headers\":", &message.headers)?;
-    field(out, b",\"content_type\":", &message.content_type)?;
+    if let Some(key) = &message.key {
+        field(out, b",\"key\":", key)?;
+    }
+    if !message.headers.is_empty() {
+        field(out, b",\"headers\":", &message.headers)?;
+    }
+    if payload.is_none() || message.content_type != CONTENT_TYPE_JSON {
+        field(out, b",\"content_type\":", &message.content_type)?;
+    }
     field(out, b",\"timestamp\":", &message.timestamp_ms)?;
-    field(out, b",\"attempt\":", &attempt.max(1))?;
+    if attempt > 1 {
+        field(out, b",\"attempt\":", &attempt)?;
+    }
     match payload {
         Some(raw) => {
             out.write_all(b",\"payload\":")?;
@@ -201,9 +210,12 @@ fn decode_envelope(raw: &[u8], topic: &str) -> Option<(Message, u32)> {
         (None, Some(encoded)) => Bytes::from(BASE64.decode(encoded).ok()?),
         (None, None) => Bytes::new(),
     };
-    let content_type = incoming
-        .content_type
-        .unwrap_or_else(|| sniff_content_type(&payload).to_owned());
+    // Left out, it is JSON for an embedded payload; a base64 one is sniffed.
+    let content_type = match (incoming.content_type, incoming.payload) {
+        (Some(content_type), _) => content_type,
+        (None, Some(_)) => CONTENT_TYPE_JSON.to_owned(),
+        (None, None) => sniff_content_type(&payload).to_owned(),
+    };
     let timestamp_ms = incoming.timestamp.unwrap_or_else(crate::message::now_ms);
     let mut message = Message::received(topic, payload, incoming.id, content_type, timestamp_ms);
     message.key = incoming.key;
@@ -229,6 +241,30 @@ mod tests {
         let (back, attempt) = decode(&raw, "orders");
         assert_eq!(back, message);
         assert_eq!(attempt, 2);
+    }
+
+    #[test]
+    fn fields_at_their_defaults_are_left_out_and_read_back() {
+        for body in [&br#"{"order_id":1}"#[..], br#""a JSON string""#, b"42"] {
+            let message = Message::bytes("orders", body).with_content_type(CONTENT_TYPE_JSON);
+            let raw = encode(&message, 1);
+            let text = String::from_utf8(raw.clone()).unwrap();
+            for absent in ["\"key\"", "\"headers\"", "\"content_type\"", "\"attempt\""] {
+                assert!(!text.contains(absent), "{absent} in {text}");
+            }
+            assert!(text.contains(r#""topic":"orders""#), "{text}");
+            assert_eq!(decode(&raw, "orders"), (message, 1));
+        }
+        // A base64 payload keeps its content type, as does JSON of another type.
+        let message = Message::bytes("t", &b"\x00"[..]);
+        let raw = encode(&message, 1);
+        assert!(
+            String::from_utf8_lossy(&raw).contains(r#""content_type":"application/octet-stream""#)
+        );
+        assert_eq!(decode(&raw, "t").0, message);
+        let message =
+            Message::bytes("t", &b"{}"[..]).with_content_type("application/cloudevents+json");
+        assert_eq!(decode(&encode(&message, 1), "t").0, message);
     }
 
     #[test]
