@@ -16,7 +16,7 @@ use crate::errors::{
 };
 use crate::interface::{MessageBrokerInterface, PhpInterfaceMessageBrokerInterface};
 use crate::php_array;
-use crate::runtime::{BlockError, Started, block_on, finish, run, start};
+use crate::runtime::{BlockError, InOrder, block_on, run};
 
 /// How long dropping a broker (end of request or process) waits for queued messages.
 const FLUSH_AT_DROP: Duration = Duration::from_secs(5);
@@ -78,45 +78,60 @@ impl Broker {
 /// How many payloads of a batch are encoded and sent together.
 const PUBLISH_CHUNK: usize = 256;
 
-/// Sends a batch's chunks in order, one in flight at a time: the next chunk is encoded while
-/// the broker takes the previous one, and starts only once that one was answered.
+/// Sends a batch's chunks in order: the next chunk is encoded while the broker takes the ones
+/// before it. At most `depth` are in flight: two where the broker keeps batches in the order
+/// they were started ([`polybus::Capabilities::ordered_batches`]), otherwise one, the next
+/// starting only once the previous was answered.
 struct ChunkSender<'a> {
     broker: &'a SharedBroker,
     timeout: Duration,
-    in_flight: Option<Started<Vec<polybus::Result<polybus::PublishReceipt>>>>,
+    depth: usize,
+    in_flight: InOrder<Vec<polybus::Result<polybus::PublishReceipt>>>,
     outcome: BatchOutcome,
 }
 
 impl<'a> ChunkSender<'a> {
     fn new(broker: &'a SharedBroker, timeout: Duration) -> Self {
+        let depth = if broker.capabilities().ordered_batches {
+            2
+        } else {
+            1
+        };
         ChunkSender {
             broker,
             timeout,
-            in_flight: None,
+            depth,
+            in_flight: InOrder::new(),
             outcome: BatchOutcome::default(),
         }
     }
 
-    /// Waits for the chunk in flight, then starts `messages` on their way.
+    /// Starts `messages` on their way once fewer than `depth` chunks are in flight.
     fn send(&mut self, messages: Vec<Message>) -> PhpResult<()> {
-        self.wait()?;
+        let finished = self.in_flight.wait(self.depth - 1, self.timeout);
+        self.count(finished)?;
         let broker = self.broker.clone();
-        let started = start(async move { broker.publish_batch(messages).await })
-            .map_err(|io| block_error(BlockError::Runtime(io), "publishing a batch"))?;
-        self.in_flight = Some(started);
+        let finished = self.in_flight.push(
+            Box::pin(async move { broker.publish_batch(messages).await }),
+            self.timeout,
+        );
+        self.count(finished)
+    }
+
+    fn count(
+        &mut self,
+        finished: Result<Vec<Vec<polybus::Result<polybus::PublishReceipt>>>, BlockError>,
+    ) -> PhpResult<()> {
+        for results in finished.map_err(|err| block_error(err, "publishing a batch"))? {
+            self.outcome.add(results);
+        }
         Ok(())
     }
 
-    fn wait(&mut self) -> PhpResult<()> {
-        match self.in_flight.take() {
-            Some(started) => self.outcome.add(finish(self.timeout, started)),
-            None => Ok(()),
-        }
-    }
-
-    /// Waits for the last chunk and returns the tally.
+    /// Waits for the chunks in flight and returns the tally.
     fn finish(mut self) -> PhpResult<BatchOutcome> {
-        self.wait()?;
+        let finished = self.in_flight.wait(0, self.timeout);
+        self.count(finished)?;
         Ok(self.outcome)
     }
 }
@@ -130,12 +145,9 @@ struct BatchOutcome {
 }
 
 impl BatchOutcome {
-    /// Counts one chunk's results; a chunk that got no answer ends the batch.
-    fn add(
-        &mut self,
-        results: Result<Vec<polybus::Result<polybus::PublishReceipt>>, BlockError>,
-    ) -> PhpResult<()> {
-        for result in results.map_err(|err| block_error(err, "publishing a batch"))? {
+    /// Counts one chunk's results.
+    fn add(&mut self, results: Vec<polybus::Result<polybus::PublishReceipt>>) {
+        for result in results {
             match result {
                 Ok(_) => self.accepted += 1,
                 Err(err) => {
@@ -144,7 +156,6 @@ impl BatchOutcome {
                 }
             }
         }
-        Ok(())
     }
 
     fn into_result(self, total: usize, destination: &str) -> PhpResult<i64> {

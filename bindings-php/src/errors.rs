@@ -177,9 +177,5 @@ pub fn block_error(err: BlockError, operation: &str) -> PhpException {
             Class::Polybus,
             format!("the Polybus runtime could not start its threads: {io}"),
         ),
-        BlockError::Failed(reason) => throw(
-            Class::Polybus,
-            format!("{operation} failed inside the engine: {reason}"),
-        ),
     }
 }

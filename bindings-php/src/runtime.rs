@@ -13,9 +13,12 @@
 //! forked before any request) gets a fresh runtime and keeper: the parent's threads do not
 //! exist in the child.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -143,49 +146,79 @@ pub fn block_on<F: Future>(limit: Duration, future: F) -> Result<F::Output, Bloc
         .map_err(|_| BlockError::Elapsed(limit))
 }
 
-/// Scheduler rounds [`start`] gives a new task: enough for it to hand its request to its
-/// connection and for the connection's task to write it.
+/// Scheduler rounds a future added to an [`InOrder`] queue gets at once: enough for it to hand
+/// its request to its connection and for the connection's task to write it.
 const START_ROUNDS: usize = 4;
 
-/// A future running on the runtime as a task, started by [`start`] and awaited by [`finish`].
-pub struct Started<T>(tokio::task::JoinHandle<T>);
+/// A boxed future that can be polled on the runtime's thread.
+pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Starts `future` as a task on the runtime and drives the runtime for a few rounds, so its
-/// requests are on their way, then returns without waiting for it: PHP goes on with other work
-/// while the broker does its part. [`finish`] waits for the result. (Between calls the keeper
-/// drives the runtime, so a request that did not fit the socket at once still goes out.)
-pub fn start<F>(future: F) -> std::io::Result<Started<F::Output>>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let driver = driver()?;
-    let _busy = Busy::new(driver.busy);
-    let task = driver.runtime.spawn(future);
-    driver.runtime.block_on(async {
-        for _ in 0..START_ROUNDS {
-            tokio::task::yield_now().await;
-        }
-    });
-    Ok(Started(task))
+/// Futures polled strictly in the order they were added, each time a PHP call drives the
+/// runtime, and left waiting in between while PHP does other work. A future added behind
+/// others is never polled before them, so requests they hand to one connection keep their order.
+pub struct InOrder<T> {
+    slots: VecDeque<Slot<T>>,
 }
 
-/// Waits up to `limit` for a [`start`]ed future's result. Past the deadline the task is
-/// cancelled.
-pub fn finish<T>(limit: Duration, started: Started<T>) -> Result<T, BlockError> {
-    let Started(mut task) = started;
-    let waited = run(async { tokio::time::timeout(limit, &mut task).await });
-    match waited {
-        Err(io) => {
-            task.abort();
-            Err(BlockError::Runtime(io))
+enum Slot<T> {
+    Running(Pending<T>),
+    Done(T),
+}
+
+impl<T> InOrder<T> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        InOrder {
+            slots: VecDeque::new(),
         }
-        Ok(Err(_)) => {
-            task.abort();
-            Err(BlockError::Elapsed(limit))
-        }
-        Ok(Ok(Ok(output))) => Ok(output),
-        Ok(Ok(Err(failed))) => Err(BlockError::Failed(failed.to_string())),
+    }
+
+    /// Adds `future` behind the others and gives them all a few turns on the runtime (bounded
+    /// by `limit`), so its requests are on their way; it is left running. Returns the results
+    /// finished meanwhile, in order.
+    pub fn push(&mut self, future: Pending<T>, limit: Duration) -> Result<Vec<T>, BlockError> {
+        self.slots.push_back(Slot::Running(future));
+        self.drive(usize::MAX, limit)
+    }
+
+    /// Drives the runtime until at most `keep` futures are unfinished (bounded by `limit`).
+    /// Returns the results finished meanwhile, in order.
+    pub fn wait(&mut self, keep: usize, limit: Duration) -> Result<Vec<T>, BlockError> {
+        self.drive(keep, limit)
+    }
+
+    fn drive(&mut self, keep: usize, limit: Duration) -> Result<Vec<T>, BlockError> {
+        let mut finished = Vec::new();
+        let mut rounds = 0;
+        block_on(
+            limit,
+            std::future::poll_fn(|cx| {
+                for slot in &mut self.slots {
+                    if let Slot::Running(future) = slot
+                        && let Poll::Ready(output) = future.as_mut().poll(cx)
+                    {
+                        *slot = Slot::Done(output);
+                    }
+                }
+                while let Some(Slot::Done(_)) = self.slots.front() {
+                    if let Some(Slot::Done(output)) = self.slots.pop_front() {
+                        finished.push(output);
+                    }
+                }
+                if rounds < START_ROUNDS {
+                    // Let the connections' tasks run (and write) before looking again.
+                    rounds += 1;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if self.slots.len() <= keep {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }),
+        )?;
+        Ok(finished)
     }
 }
 
@@ -196,8 +229,6 @@ pub enum BlockError {
     Runtime(std::io::Error),
     /// The deadline passed.
     Elapsed(Duration),
-    /// A started task ended without a result (it panicked or was cancelled).
-    Failed(String),
 }
 
 /// Stops the keeper and the runtime at module shutdown, before PHP unloads the extension's

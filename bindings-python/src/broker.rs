@@ -187,6 +187,7 @@ impl Broker {
             ("offset_replay", c.offset_replay),
             ("native_headers", c.native_headers),
             ("pattern_subscriptions", c.pattern_subscriptions),
+            ("ordered_batches", c.ordered_batches),
         ] {
             dict.set_item(name, value)?;
         }

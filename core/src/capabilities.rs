@@ -26,4 +26,8 @@ pub struct Capabilities {
     pub native_headers: bool,
     /// Subscriptions may use wildcard patterns (`orders.*`).
     pub pattern_subscriptions: bool,
+    /// Batches published one after another keep that order even when the next is started
+    /// before the previous was answered: each hands all its messages to the connection as soon
+    /// as it is first polled (one pipeline), so a caller may keep two in flight.
+    pub ordered_batches: bool,
 }

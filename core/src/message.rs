@@ -214,9 +214,10 @@ fn message_id_at(timestamp_ms: i64) -> String {
     random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
     random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
     let millis = u64::try_from(timestamp_ms).unwrap_or_default();
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    // Written into a buffer of its exact length: one allocation, no formatting machinery.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// The current time in milliseconds since the Unix epoch.

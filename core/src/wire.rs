@@ -66,6 +66,9 @@ pub const RESERVED_HEADERS: [&str; 9] = [
 /// Whether a content type is JSON: `application/json` or any `+json` type, parameters and case
 /// ignored (the rule Python's `polybus._codec.decode` follows too).
 pub fn is_json_content_type(content_type: &str) -> bool {
+    if content_type == crate::message::CONTENT_TYPE_JSON {
+        return true;
+    }
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     let essence = essence.as_bytes();
     essence.eq_ignore_ascii_case(b"application/json")

@@ -352,9 +352,14 @@ impl Broker for FailoverBroker {
         self.shared.name()
     }
 
-    /// The primary's capabilities (all false until the primary has been reached once).
+    /// The primary's capabilities (all false until the primary has been reached once), but
+    /// batches are not [`Capabilities::ordered_batches`]: one may go to the spool while the one
+    /// before it is still on its way to the primary.
     fn capabilities(&self) -> Capabilities {
-        self.shared.capabilities()
+        Capabilities {
+            ordered_batches: false,
+            ..self.shared.capabilities()
+        }
     }
 
     /// The primary's dead letters (they live on the primary, not in the spool).

@@ -16,6 +16,7 @@ macro_rules! suite {
         $crate::conformance::suite!(@tests $make;
             round_trip_preserves_id_key_headers_payload,
             publish_batch_delivers_every_message_in_order,
+            batches_started_back_to_back_stay_in_order,
             invalid_messages_are_refused_with_a_clear_error,
             invalid_subscriptions_are_refused_with_a_clear_error,
             group_members_share_the_work,

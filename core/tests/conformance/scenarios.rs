@@ -111,6 +111,41 @@ pub async fn publish_batch_delivers_every_message_in_order(broker: SharedBroker)
     sub.close().await.unwrap();
 }
 
+/// Batches started one after another, each before the previous was answered, arrive in the
+/// order they were started (what a caller keeping several in flight relies on).
+pub async fn batches_started_back_to_back_stay_in_order(broker: SharedBroker) {
+    if !requires(&broker, "ordered batches", |c| c.ordered_batches) {
+        return;
+    }
+    let topic = unique("batches");
+    let mut sub = broker.subscribe(spec(&topic, "g")).await.unwrap();
+    let messages: Vec<Message> = (0..800)
+        .map(|n| Message::json(&topic, &serde_json::json!({ "n": n })).unwrap())
+        .collect();
+    let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+    let mut started: Vec<_> = messages
+        .chunks(100)
+        .map(|chunk| broker.publish_batch(chunk.to_vec()))
+        .collect();
+    // Each is polled once, in order, before any was answered.
+    for batch in &mut started {
+        assert!(futures::poll!(batch.as_mut()).is_pending());
+    }
+    for results in futures::future::join_all(started).await {
+        for result in results {
+            result.expect("batch publish failed");
+        }
+    }
+    let mut got = Vec::new();
+    for _ in 0..800 {
+        let delivery = recv(&mut sub, "a message of the batches").await;
+        got.push(delivery.message.id.clone());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(got, ids);
+    sub.close().await.unwrap();
+}
+
 pub async fn invalid_messages_are_refused_with_a_clear_error(broker: SharedBroker) {
     let err = broker.publish(Message::bytes("", "x")).await.unwrap_err();
     assert!(matches!(err, Error::InvalidMessage(_)), "{err:?}");

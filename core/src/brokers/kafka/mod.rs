@@ -89,6 +89,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     offset_replay: true,
     native_headers: true,
     pattern_subscriptions: false,
+    ordered_batches: false,
 };
 
 /// A Kafka cluster: one idempotent producer shared by all publishes, one consumer-group member

@@ -45,6 +45,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     offset_replay: true,
     native_headers: true,
     pattern_subscriptions: false,
+    ordered_batches: false,
 };
 
 /// The embedded broker. Cloning gives another handle on the same broker.

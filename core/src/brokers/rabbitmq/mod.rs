@@ -54,6 +54,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     offset_replay: false,
     native_headers: true,
     pattern_subscriptions: true,
+    ordered_batches: false,
 };
 
 /// Delays a nacked message can wait, in milliseconds: a requested delay is rounded up to the

@@ -59,6 +59,8 @@ const LIST_CAPABILITIES: Capabilities = Capabilities {
     offset_replay: false,
     native_headers: false,
     pattern_subscriptions: false,
+    // One pipeline per batch, handed to the shared connection when first polled.
+    ordered_batches: true,
 };
 
 const PUBSUB_CAPABILITIES: Capabilities = Capabilities {
@@ -73,6 +75,8 @@ const PUBSUB_CAPABILITIES: Capabilities = Capabilities {
     offset_replay: false,
     native_headers: false,
     pattern_subscriptions: true,
+    // One pipeline per batch, handed to the shared connection when first polled.
+    ordered_batches: true,
 };
 
 const STREAMS_CAPABILITIES: Capabilities = Capabilities {
@@ -87,6 +91,8 @@ const STREAMS_CAPABILITIES: Capabilities = Capabilities {
     offset_replay: false,
     native_headers: true,
     pattern_subscriptions: false,
+    // One pipeline per batch, handed to the shared connection when first polled.
+    ordered_batches: true,
 };
 
 /// A Redis server, in the mode its URL chose. Cloning gives another handle on the same
