@@ -278,7 +278,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         "pubsub",
         "Rust core ceiling, RabbitMQ confirmed publish + consume at once",
         (
-            _p("polybus-core", "`publish_batch` per 1000 + a consumer (prefetch 5000)"),
+            _p(
+                "polybus-core",
+                "`publish_batch` per 250, 4 in flight (1000 unconfirmed), consumer prefetch 5000",
+            ),
             _c("rabbitmq-perf-test", "PerfTest -x1 -y1, confirms 1000, persistent, -q 5000"),
         ),
         "polybus-core",

@@ -198,6 +198,9 @@ def rust_command(run: Run, url: str) -> Union[Command, str]:
         argv += ["--messages", str(n), "--size", str(size)]
         if name.endswith("-single"):
             argv += ["--batch", "1"]
+        elif run.scenario.broker == "rabbitmq":
+            # At most 1000 messages unconfirmed, as PerfTest's `-c 1000`: 4 batches of 250.
+            argv += ["--batch", "250", "--inflight", "4"]
         return Command(argv)
     java = shutil.which("java")
     if name == "kafka-producer-perf":
