@@ -1,6 +1,8 @@
 //! A received message together with the means to acknowledge it exactly once.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,6 +45,9 @@ pub enum Settlement {
     /// Not processed (shutdown or dropped unsettled): deliver again without counting an attempt.
     Release,
 }
+
+/// The settling of a delivery, under way: await it for the broker's answer.
+pub type Settling = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
 
 /// The backend side of a delivery: settles it on the broker. The message is handed back so a
 /// backend that redelivers on its own (Kafka) needs no copy of it.
@@ -95,30 +100,31 @@ impl Delivery {
     }
 
     /// Marks the message processed.
-    pub async fn ack(self) -> Result<()> {
-        self.settle(Settlement::Ack).await
+    pub fn ack(self) -> Settling {
+        self.settle(Settlement::Ack)
     }
 
     /// Puts the message back to be delivered again after `delay` (at once when `None`).
-    pub async fn nack(self, delay: Option<Duration>) -> Result<()> {
-        self.settle(Settlement::Requeue { delay }).await
+    pub fn nack(self, delay: Option<Duration>) -> Settling {
+        self.settle(Settlement::Requeue { delay })
     }
 
     /// Refuses the message for good; it goes to the broker's dead-letter route if there is one.
-    pub async fn reject(self) -> Result<()> {
-        self.settle(Settlement::Reject).await
+    pub fn reject(self) -> Settling {
+        self.settle(Settlement::Reject)
     }
 
     /// Gives the message back unprocessed, without counting an attempt.
-    pub async fn release(self) -> Result<()> {
-        self.settle(Settlement::Release).await
+    pub fn release(self) -> Settling {
+        self.settle(Settlement::Release)
     }
 
-    /// Settles the delivery with `outcome`.
-    pub async fn settle(mut self, outcome: Settlement) -> Result<()> {
+    /// Settles the delivery with `outcome`. The delivery is taken apart at once: the future
+    /// holds only the acknowledger's work, so awaiting it copies no delivery around.
+    pub fn settle(mut self, outcome: Settlement) -> Settling {
         match self.acker.take() {
-            Some(acker) => acker.settle(outcome, self.take_message()).await,
-            None => Ok(()),
+            Some(acker) => acker.settle(outcome, self.take_message()),
+            None => Box::pin(std::future::ready(Ok(()))),
         }
     }
 

@@ -47,7 +47,7 @@ pub use consumer::{
 pub use dead_letters::{
     DeadLetterRecord, DeadLetters, LeftInPlace, LeftReason, RedriveOptions, RedriveReport,
 };
-pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
+pub use delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement, Settling};
 pub use error::{Error, Result};
 pub use failover::{FailoverBroker, FailoverOptions, FailoverState, FailoverStatus, FsyncPolicy};
 pub use hub::{Hub, HubConfig};

@@ -1,8 +1,10 @@
 //! Which offsets a consumer may commit: never past a message that is not settled yet, even
 //! when a partition's messages are processed concurrently and finish out of order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
+
+use rustc_hash::FxHashMap;
 
 /// A topic and partition.
 pub(super) type TopicPartition = (String, i32);
@@ -31,12 +33,12 @@ impl PartitionState {
 /// Per-partition bookkeeping of one subscription, shared by its poll thread and its deliveries.
 #[derive(Default)]
 pub(super) struct OffsetTracker {
-    partitions: Mutex<HashMap<TopicPartition, PartitionState>>,
+    partitions: Mutex<FxHashMap<TopicPartition, PartitionState>>,
     generations: Mutex<u64>,
 }
 
 impl OffsetTracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, PartitionState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<TopicPartition, PartitionState>> {
         self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
