@@ -264,23 +264,25 @@ impl Broker {
             let err = polybus::Error::InvalidMessage(reason);
             return Err(engine_error(&err, Context::Publish));
         }
-        if let Some((index, _)) = php_array::values(payloads)
+        // Every payload is checked to be an array before any is sent.
+        let arrays = php_array::values(payloads)
             .enumerate()
-            .find(|(_, payload)| payload.dereference().array().is_none())
-        {
-            return Err(throw(
-                Class::InvalidMessage,
-                format!("invalid message: payload {index} for {destination:?} is not an array"),
-            ));
-        }
-        let total = payloads.len();
+            .map(|(index, payload)| {
+                payload.dereference().array().ok_or_else(|| {
+                    throw(
+                        Class::InvalidMessage,
+                        format!(
+                            "invalid message: payload {index} for {destination:?} is not an array"
+                        ),
+                    )
+                })
+            })
+            .collect::<PhpResult<Vec<&ZendHashTable>>>()?;
+        let total = arrays.len();
         let mut sender = ChunkSender::new(broker, self.timeout);
         let mut chunk = Vec::with_capacity(total.min(sender.chunk));
         let mut stopped = None;
-        for (index, payload) in php_array::values(payloads).enumerate() {
-            let Some(payload) = payload.dereference().array() else {
-                continue;
-            };
+        for (index, payload) in arrays.into_iter().enumerate() {
             match Message::json(&destination, &PhpJson(payload)) {
                 Ok(message) => chunk.push(message),
                 Err(err) => {

@@ -86,15 +86,7 @@ pub fn is_list(array: &ZendHashTable) -> bool {
 
 /// The values of the array in order.
 pub fn values(array: &ZendHashTable) -> impl Iterator<Item = &Zval> {
-    let (packed, hashed) = if is_packed(array) {
-        (packed_slots(array), &[][..])
-    } else {
-        (&[][..], buckets(array))
-    };
-    packed
-        .iter()
-        .chain(hashed.iter().map(|bucket| &bucket.val))
-        .filter(|value| !is_undef(value))
+    entries(array).map(|(_, value)| value)
 }
 
 /// The entries of the array in order, with their keys.

@@ -178,16 +178,12 @@ impl<T> InOrder<T> {
     /// finished meanwhile, in order.
     pub fn push(&mut self, future: Pending<T>, limit: Duration) -> Result<Vec<T>, BlockError> {
         self.slots.push_back(Slot::Running(future));
-        self.drive(usize::MAX, limit)
+        self.wait(usize::MAX, limit)
     }
 
     /// Drives the runtime until at most `keep` futures are unfinished (bounded by `limit`).
     /// Returns the results finished meanwhile, in order.
     pub fn wait(&mut self, keep: usize, limit: Duration) -> Result<Vec<T>, BlockError> {
-        self.drive(keep, limit)
-    }
-
-    fn drive(&mut self, keep: usize, limit: Duration) -> Result<Vec<T>, BlockError> {
         let mut finished = Vec::new();
         let mut rounds = 0;
         block_on(
