@@ -48,6 +48,35 @@ impl DeliverySink {
         }
     }
 
+    /// Waits up to `timeout` for room, blocking the calling thread (for fetch loops on a
+    /// thread of their own inside the runtime, such as `spawn_blocking`; never call it from an
+    /// async task). Wakes as soon as the consumer takes a delivery, so a fetch loop that is
+    /// ahead does not sleep past the moment the consumer runs dry.
+    pub fn wait_for_room(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<SinkPermit<'_>, SinkBusy> {
+        match self.try_reserve() {
+            Err(SinkBusy::Full) => {}
+            ready => return ready,
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            std::thread::sleep(timeout);
+            return self.try_reserve();
+        };
+        runtime.block_on(async {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => Err(SinkBusy::Closed),
+                permit = tokio::time::timeout(timeout, self.tx.reserve()) => match permit {
+                    Ok(Ok(permit)) => Ok(SinkPermit(permit)),
+                    Ok(Err(_)) => Err(SinkBusy::Closed),
+                    Err(_) => Err(SinkBusy::Full),
+                },
+            }
+        })
+    }
+
     /// Reports a fatal error without waiting (for fetch loops on their own thread).
     pub fn fail_now(&self, error: Error) {
         let _ = self.tx.try_send(Err(error));
@@ -266,5 +295,78 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // Unread deliveries are dropped with the channel and so released by their own Drop.
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::delivery::{Acknowledger, DeliveryMeta, Settlement};
+    use crate::message::Message;
+
+    struct Unsettled;
+
+    #[async_trait::async_trait]
+    impl Acknowledger for Unsettled {
+        async fn settle(self: Box<Self>, _: Settlement, _: Message) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn delivery(n: u32) -> Delivery {
+        let message = Message::text("t", n.to_string());
+        Delivery::new(message, 1, DeliveryMeta::default(), Box::new(Unsettled))
+    }
+
+    /// What a fetch thread saw: a wait on a full buffer, a wait the consumer cut short, and
+    /// a wait on a closing subscription.
+    type Waits = (Option<SinkBusy>, Duration, Option<SinkBusy>);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_thread_waits_for_room_until_the_consumer_takes_a_delivery() {
+        let (seen_tx, seen) = tokio::sync::oneshot::channel::<Waits>();
+        let (taken_tx, taken) = std::sync::mpsc::channel::<()>();
+        let mut subscription = Subscription::spawn(1, move |sink| async move {
+            let waits = tokio::task::spawn_blocking(move || {
+                let err = |r: std::result::Result<SinkPermit<'_>, SinkBusy>| r.err();
+                sink.try_reserve().unwrap().send(delivery(1));
+                let full = err(sink.wait_for_room(Duration::from_millis(20)));
+                let _ = taken_tx.send(());
+                let started = Instant::now();
+                match sink.wait_for_room(Duration::from_secs(30)) {
+                    Ok(permit) => permit.send(delivery(2)),
+                    Err(busy) => panic!("no room after the consumer took one: {busy:?}"),
+                }
+                let woken_after = started.elapsed();
+                while !sink.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let closing = err(sink.wait_for_room(Duration::from_secs(30)));
+                (full, woken_after, closing)
+            })
+            .await
+            .unwrap();
+            let _ = seen_tx.send(waits);
+        });
+        tokio::task::spawn_blocking(move || taken.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let first = subscription.next().await.unwrap().unwrap();
+        let second = subscription.next().await.unwrap().unwrap();
+        assert_eq!(
+            (
+                first.message.payload_str().unwrap(),
+                second.message.payload_str().unwrap()
+            ),
+            ("1", "2")
+        );
+        subscription.cancel.cancel();
+        let (full, woken_after, closing) = seen.await.unwrap();
+        assert_eq!(full, Some(SinkBusy::Full));
+        assert!(woken_after < Duration::from_secs(10), "{woken_after:?}");
+        assert_eq!(closing, Some(SinkBusy::Closed));
     }
 }

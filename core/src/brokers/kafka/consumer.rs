@@ -380,12 +380,9 @@ const BURST: usize = 256;
 
 impl Poller {
     fn run(&mut self) {
-        const MIN_IDLE: Duration = Duration::from_micros(500);
-        const MAX_IDLE: Duration = Duration::from_millis(20);
         const POLL_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
         let mut last_commit = Instant::now();
         let mut last_poll = Instant::now();
-        let mut idle = MIN_IDLE;
         loop {
             if self.sink.is_cancelled() {
                 break;
@@ -433,14 +430,21 @@ impl Poller {
             }
             if self.backlog.len() >= self.max_backlog {
                 // The consumer is behind: leave what librdkafka fetched ahead in its queue and
-                // wait for room, polling (rebalances, liveness) at least once a second.
-                std::thread::sleep(idle.min(wait));
-                idle = (idle * 2).min(MAX_IDLE);
+                // wait for room (woken as soon as there is some), polling (rebalances,
+                // liveness) at least once a second.
+                match self.sink.wait_for_room(wait) {
+                    Ok(permit) => {
+                        if let Some(fetched) = next_current(&mut self.backlog, &self.shared.tracker)
+                        {
+                            permit.send(self.delivery(fetched));
+                        }
+                    }
+                    Err(SinkBusy::Full) => {}
+                    Err(SinkBusy::Closed) => break,
+                }
                 if last_poll.elapsed() < POLL_AT_LEAST_EVERY {
                     continue;
                 }
-            } else {
-                idle = MIN_IDLE;
             }
             last_poll = Instant::now();
             // One poll that may wait, then what else librdkafka has ready without waiting, so
@@ -568,25 +572,12 @@ impl Poller {
 
     /// Hands backlog messages to the consumer while it has room. False once it is gone.
     fn hand_out(&mut self) -> bool {
-        while let Some(front) = self.backlog.front() {
-            if !self.shared.tracker.is_current(&front.tp, front.generation) {
-                self.backlog.pop_front();
-                continue;
-            }
+        while !self.backlog.is_empty() {
             match self.sink.try_reserve() {
-                Ok(permit) => {
-                    let Some(fetched) = self.backlog.pop_front() else {
-                        break;
-                    };
-                    if !self
-                        .shared
-                        .tracker
-                        .handed_out(&fetched.tp, fetched.generation)
-                    {
-                        continue;
-                    }
-                    permit.send(self.delivery(fetched));
-                }
+                Ok(permit) => match next_current(&mut self.backlog, &self.shared.tracker) {
+                    Some(fetched) => permit.send(self.delivery(fetched)),
+                    None => break,
+                },
                 Err(SinkBusy::Full) => break,
                 Err(SinkBusy::Closed) => return false,
             }
@@ -700,6 +691,19 @@ impl Poller {
             }
         }
     }
+}
+
+/// Takes the next backlog message to hand out, dropping those of partitions this consumer no
+/// longer owns.
+fn next_current(backlog: &mut VecDeque<Fetched>, tracker: &OffsetTracker) -> Option<Fetched> {
+    while let Some(fetched) = backlog.pop_front() {
+        if tracker.is_current(&fetched.tp, fetched.generation)
+            && tracker.handed_out(&fetched.tp, fetched.generation)
+        {
+            return Some(fetched);
+        }
+    }
+    None
 }
 
 fn is_fatal(err: &KafkaError) -> bool {

@@ -125,10 +125,17 @@ impl KafkaSettings {
 
     /// Properties of a consumer in `group`: offsets are committed by Polybus after the
     /// handler succeeded, never automatically.
+    ///
+    /// `fetch.queue.backoff.ms` defaults to 20 ms, not librdkafka's 1000: once a partition's
+    /// prefetch queue is over its threshold, librdkafka waits that long before fetching for it
+    /// again, and a consumer that drains the queue faster than that sat idle for most of each
+    /// second (a Polybus consumer with a trivial handler: ~128,000 msgs/s in bursts with ~0.8 s
+    /// gaps at the default, ~410,000 with 20 ms).
     pub fn consumer(&self, group: &str, reset: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("auto.offset.reset", reset);
         config.set("enable.partition.eof", "false");
+        config.set("fetch.queue.backoff.ms", "20");
         merge(&mut config, &self.common);
         config.set("group.id", group);
         config.set("enable.auto.commit", "false");
@@ -188,5 +195,18 @@ mod tests {
         let c = s.consumer("billing", "earliest");
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("group.id"), Some("billing"));
+    }
+
+    #[test]
+    fn consumers_fetch_again_soon_unless_told_otherwise() {
+        let c = settings("kafka://k").unwrap().consumer("g", "earliest");
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("20"));
+        let tuned = settings("kafka://k?fetch.queue.backoff.ms=500").unwrap();
+        assert_eq!(
+            tuned
+                .consumer("g", "earliest")
+                .get("fetch.queue.backoff.ms"),
+            Some("500")
+        );
     }
 }
