@@ -42,7 +42,6 @@ pub struct HandlerBridge {
     queued: Notify,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Result<(), HandlerError>>>>,
     next_token: AtomicU64,
-    next_run: AtomicU64,
 }
 
 impl HandlerBridge {
@@ -54,7 +53,6 @@ impl HandlerBridge {
             queued: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
-            next_run: AtomicU64::new(1),
         })
     }
 
@@ -166,10 +164,13 @@ impl Handler for BridgeHandler {
         }
     }
 
-    /// Hands the whole run out at once under one run id (the foreign side handles its jobs
-    /// one after another, in order).
-    async fn hand_over_run(&self, deliveries: &[&Delivery]) -> Option<Vec<OutcomeFuture>> {
-        let run = self.0.next_run.fetch_add(1, Ordering::Relaxed);
+    /// Hands the run out at once under its run id (the foreign side handles the jobs of one
+    /// run id one after another, in the order handed out, across batches).
+    async fn hand_over_run(
+        &self,
+        run: u64,
+        deliveries: &[&Delivery],
+    ) -> Option<Vec<OutcomeFuture>> {
         Some(self.hand_out(deliveries, Some(run)))
     }
 
@@ -278,6 +279,55 @@ mod tests {
         );
         let report = consumer.stop().await.unwrap();
         assert_eq!(report.stats.succeeded, 200);
+    }
+
+    #[tokio::test]
+    async fn a_lane_hands_over_what_arrives_before_its_earlier_messages_are_handled() {
+        let broker = Arc::new(MemoryBroker::new(Default::default()));
+        let publish = |n: u32| broker.publish(Message::text("lane", n.to_string()));
+        for n in 0..3 {
+            publish(n).await.unwrap();
+        }
+        let bridge = HandlerBridge::new(16);
+        // One lane for every message (the memory broker holds a key's next message back until
+        // the one before is settled, so keys would not show it).
+        let options = ConsumerOptions {
+            sequential_ahead: Some(16),
+            ..Default::default()
+        };
+        let spec = SubscriptionSpec::new(["lane"], "g");
+        let consumer = Consumer::start(broker.clone(), spec, bridge.handler(), options)
+            .await
+            .unwrap();
+        let mut jobs = Vec::new();
+        while jobs.len() < 3 {
+            jobs.extend(bridge.next_batch(100, Duration::from_secs(5)).await);
+        }
+        // None of these is handled yet; the next messages come anyway, as the same run.
+        for n in 3..6 {
+            publish(n).await.unwrap();
+        }
+        while jobs.len() < 6 {
+            let batch = bridge.next_batch(100, Duration::from_secs(5)).await;
+            assert!(
+                !batch.is_empty(),
+                "the lane should not wait for its first part's outcomes"
+            );
+            jobs.extend(batch);
+        }
+        let runs: Vec<Option<u64>> = jobs.iter().map(|job| job.run).collect();
+        assert!(
+            runs[0].is_some() && runs.iter().all(|run| *run == runs[0]),
+            "{runs:?}"
+        );
+        let order: Vec<&str> = jobs
+            .iter()
+            .map(|job| job.message.payload_str().unwrap())
+            .collect();
+        assert_eq!(order, ["0", "1", "2", "3", "4", "5"]);
+        bridge.complete(jobs.iter().map(|job| (job.token, Ok(()))));
+        let report = consumer.stop().await.unwrap();
+        assert_eq!(report.stats.succeeded, 6);
     }
 
     /// Counts acknowledgements in progress at once; each takes a few milliseconds, as a frame

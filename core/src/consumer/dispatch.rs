@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -83,6 +83,9 @@ fn lane_key(delivery: &Delivery) -> Option<&String> {
         .or(delivery.meta.sequence.as_ref())
 }
 
+/// A settlement under way in a lane.
+type Settle<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// What became of one handler call: `None` when the consumer stopped before it finished,
 /// `Err` with the panic message when the handler panicked.
 type Outcome = Option<std::result::Result<std::result::Result<(), HandlerError>, String>>;
@@ -114,6 +117,21 @@ fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
 /// A delivery and the concurrency slot it holds until it is settled.
 type Slotted = (Delivery, OwnedSemaphorePermit);
 
+/// Deliveries of one key waiting for the lane's task, and the signal that wakes it.
+#[derive(Default)]
+struct Lane {
+    waiting: VecDeque<Slotted>,
+    wake: Arc<Notify>,
+}
+
+/// A delivery of a lane handed over and not settled yet.
+struct Pending {
+    delivery: Delivery,
+    claim: Claim,
+    outcome: OutcomeFuture,
+    slot: OwnedSemaphorePermit,
+}
+
 pub(super) struct Dispatcher {
     handler: Arc<dyn Handler>,
     retry: RetryPolicy,
@@ -123,8 +141,10 @@ pub(super) struct Dispatcher {
     tracker: TaskTracker,
     abort: CancellationToken,
     counters: Arc<Counters>,
-    /// Deliveries waiting behind a running delivery with the same key.
-    lanes: Mutex<HashMap<String, VecDeque<Slotted>>>,
+    /// The lanes with a task running, by key: deliveries wait there for the lane's task.
+    lanes: Mutex<HashMap<String, Lane>>,
+    /// The id of the next lane task's run (see [`Handler::hand_over_run`]).
+    next_run: AtomicU64,
     /// Every delivery goes through one lane (a sequential consumer).
     one_lane: bool,
 }
@@ -149,6 +169,7 @@ impl Dispatcher {
             abort,
             counters,
             lanes: Mutex::new(HashMap::new()),
+            next_run: AtomicU64::new(1),
         }
     }
 
@@ -200,87 +221,149 @@ impl Dispatcher {
             });
             return;
         };
-        {
+        let wake = {
             let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(waiting) = lanes.get_mut(&key) {
-                waiting.push_back((delivery, slot));
+            if let Some(lane) = lanes.get_mut(&key) {
+                lane.waiting.push_back((delivery, slot));
+                lane.wake.notify_one();
                 return;
             }
-            lanes.insert(key.clone(), VecDeque::new());
-        }
+            lanes.entry(key.clone()).or_default().wake.clone()
+        };
         let this = self.clone();
-        self.tracker.spawn(async move {
-            // What queued behind the running delivery goes to the handler as one run, in order.
-            let mut run = vec![(delivery, slot)];
-            loop {
-                let (deliveries, slots): (Vec<Delivery>, Vec<OwnedSemaphorePermit>) =
-                    run.into_iter().unzip();
-                this.process_run(deliveries).await;
-                drop(slots);
-                let mut lanes = this.lanes.lock().unwrap_or_else(|e| e.into_inner());
-                match lanes.get_mut(&key) {
-                    Some(queued) if !queued.is_empty() => run = queued.drain(..).collect(),
-                    _ => {
-                        lanes.remove(&key);
-                        break;
-                    }
-                }
-            }
-        });
+        self.tracker
+            .spawn(async move { this.run_lane(key, (delivery, slot), wake).await });
     }
 
-    /// Runs the handler over deliveries that must be handled in order, settling each by its
-    /// outcome.
-    ///
-    /// A handler that takes runs ([`Handler::hand_over_run`]) gets them in one go. Each
-    /// delivery is settled as soon as its own outcome is known (while the next is handled), so
-    /// a stop in the middle gives back only what was not handled yet.
-    async fn process_run(&self, deliveries: Vec<Delivery>) {
-        if deliveries.len() == 1 || self.abort.is_cancelled() {
-            for delivery in deliveries {
-                self.process(delivery).await;
+    /// Takes what waits in the lane of `key`. When nothing does and `end` is set, the lane is
+    /// closed (the next delivery with the key starts a new one).
+    fn take_waiting(&self, key: &str, end: bool) -> Vec<Slotted> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        match lanes.get_mut(key) {
+            Some(lane) if !lane.waiting.is_empty() => lane.waiting.drain(..).collect(),
+            Some(_) if end => {
+                lanes.remove(key);
+                Vec::new()
             }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Runs one lane: its deliveries are handled in order, each settled as soon as its own
+    /// outcome is known, which frees its slot. A handler that takes runs gets what arrives in
+    /// the lane while earlier deliveries are still being handled, as the next part of the same
+    /// run, so the lane never waits for its last outcome before handing over more.
+    async fn run_lane(&self, key: String, first: Slotted, wake: Arc<Notify>) {
+        let run = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let mut pending = VecDeque::new();
+        let mut settling = FuturesUnordered::new();
+        self.hand_over(run, vec![first], &mut pending, &mut settling)
+            .await;
+        loop {
+            let Some(front) = pending.front_mut() else {
+                let more = self.take_waiting(&key, true);
+                if more.is_empty() {
+                    break;
+                }
+                self.hand_over(run, more, &mut pending, &mut settling).await;
+                continue;
+            };
+            tokio::select! {
+                biased;
+                outcome = self.outcome_of(&mut front.outcome) => {
+                    if let Some(done) = pending.pop_front() {
+                        settling.push(self.settle_slotted(done, outcome));
+                    }
+                }
+                () = wake.notified() => {
+                    let more = self.take_waiting(&key, false);
+                    self.hand_over(run, more, &mut pending, &mut settling).await;
+                }
+                Some(()) = settling.next(), if !settling.is_empty() => {}
+            }
+        }
+        while settling.next().await.is_some() {}
+    }
+
+    /// Hands `deliveries` of a lane over as the next part of `run`, adding them to `pending`.
+    /// A handler that does not take runs handles them here, one after another, each settled
+    /// as soon as it is handled.
+    async fn hand_over<'a>(
+        &'a self,
+        run: u64,
+        deliveries: Vec<Slotted>,
+        pending: &mut VecDeque<Pending>,
+        settling: &mut FuturesUnordered<Settle<'a>>,
+    ) {
+        if deliveries.is_empty() {
             return;
         }
         let mut claimed = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
+        for (delivery, slot) in deliveries {
+            if self.abort.is_cancelled() {
+                settling.push(Box::pin(async move {
+                    self.give_back(delivery).await;
+                    drop(slot);
+                }));
+                continue;
+            }
             match self.claim(&delivery).await {
-                Claim::Skip => self.skip_duplicate(delivery).await,
-                claim => claimed.push((delivery, claim)),
+                Claim::Skip => {
+                    self.skip_duplicate(delivery).await;
+                    drop(slot);
+                }
+                claim => claimed.push((delivery, claim, slot)),
             }
         }
-        let refs: Vec<&Delivery> = claimed.iter().map(|(d, _)| d).collect();
-        let handed = AssertUnwindSafe(self.handler.hand_over_run(&refs))
+        if claimed.is_empty() {
+            return;
+        }
+        let refs: Vec<&Delivery> = claimed.iter().map(|(d, _, _)| d).collect();
+        let handed = AssertUnwindSafe(self.handler.hand_over_run(run, &refs))
             .catch_unwind()
             .await;
         drop(refs);
-        // Settlements overlap: each starts once its outcome is known, and the next outcome is
-        // awaited meanwhile, so the broker can take a run's acknowledgements together (one
-        // frame, one XACK, one commit) instead of one round of I/O per message.
-        let mut settling = FuturesUnordered::new();
         match handed {
-            Ok(Some(futures)) if futures.len() == claimed.len() => {
-                for ((delivery, claim), future) in claimed.into_iter().zip(futures) {
-                    let outcome = meanwhile(self.outcome_of(future), &mut settling).await;
-                    settling.push(self.settle(delivery, claim, outcome));
+            Ok(Some(outcomes)) if outcomes.len() == claimed.len() => {
+                for ((delivery, claim, slot), outcome) in claimed.into_iter().zip(outcomes) {
+                    pending.push_back(Pending {
+                        delivery,
+                        claim,
+                        outcome,
+                        slot,
+                    });
                 }
             }
             Ok(_) => {
-                // The handler takes one delivery at a time.
-                for (delivery, claim) in claimed {
+                // The handler takes one delivery at a time: in order, settling meanwhile.
+                for (delivery, claim, slot) in claimed {
                     let handled = self.handler.handle(&delivery);
-                    let outcome = meanwhile(self.outcome_of(handled), &mut settling).await;
-                    settling.push(self.settle(delivery, claim, outcome));
+                    let outcome = meanwhile(self.outcome_of(handled), settling).await;
+                    settling.push(Box::pin(async move {
+                        self.settle(delivery, claim, outcome).await;
+                        drop(slot);
+                    }));
                 }
             }
             Err(panic) => {
                 let reason = panic_reason(&*panic);
-                for (delivery, claim) in claimed {
-                    settling.push(self.settle(delivery, claim, Some(Err(reason.clone()))));
+                for (delivery, claim, slot) in claimed {
+                    let outcome = Some(Err(reason.clone()));
+                    settling.push(Box::pin(async move {
+                        self.settle(delivery, claim, outcome).await;
+                        drop(slot);
+                    }));
                 }
             }
         }
-        while settling.next().await.is_some() {}
+    }
+
+    /// Settles a handed-over delivery by its outcome, then frees its slot.
+    fn settle_slotted(&self, done: Pending, outcome: Outcome) -> Settle<'_> {
+        Box::pin(async move {
+            self.settle(done.delivery, done.claim, outcome).await;
+            drop(done.slot);
+        })
     }
 
     /// Handles deliveries that need no order among them with one hand-over. Each is settled

@@ -66,8 +66,16 @@ pub trait Handler: Send + Sync + 'static {
     /// this order (the queue of one key or partition). Returns a future of each one's outcome,
     /// in order. `None`, the default, makes the runtime call [`handle`](Handler::handle) for
     /// each in turn instead; a handler in another language takes the run to cross over once.
-    async fn hand_over_run(&self, deliveries: &[&Delivery]) -> Option<Vec<OutcomeFuture>> {
-        let _ = deliveries;
+    ///
+    /// A lane that keeps receiving hands its deliveries over in several parts with the same
+    /// `run` id, the next part before the previous one is handled: a part must be handled
+    /// after the parts handed over before it with that id.
+    async fn hand_over_run(
+        &self,
+        run: u64,
+        deliveries: &[&Delivery],
+    ) -> Option<Vec<OutcomeFuture>> {
+        let _ = (run, deliveries);
         None
     }
 
