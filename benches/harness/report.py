@@ -218,7 +218,7 @@ def plot(records: Sequence[Record], throughput: Path, latency: Path, doc: dict[s
         return fig, flat
 
     fig, axes = grid(max(1, len(scenarios)))
-    for ax, s in zip(axes, scenarios):
+    for ax, s in zip(axes, scenarios, strict=False):
         impls = [
             i.name for i in s.impls if any(r.scenario == s.name and r.impl == i.name for r in ok)
         ]
@@ -236,7 +236,7 @@ def plot(records: Sequence[Record], throughput: Path, latency: Path, doc: dict[s
             plotted += values
         ax.set_yticks([y + height * (len(sizes) - 1) / 2 for y in range(len(impls))])
         ax.set_yticklabels(impls, fontsize=8)
-        for label, impl in zip(ax.get_yticklabels(), impls):
+        for label, impl in zip(ax.get_yticklabels(), impls, strict=True):
             if s.impl(impl).polybus:
                 label.set_fontweight("bold")
         finish(ax, plotted, s.name)
@@ -254,7 +254,7 @@ def plot(records: Sequence[Record], throughput: Path, latency: Path, doc: dict[s
         if s.mode in MODES_WITH_LATENCY and any(r.scenario == s.name for r in lat)
     ]
     fig, axes = grid(max(1, len(lat_scenarios)))
-    for ax, s in zip(axes, lat_scenarios):
+    for ax, s in zip(axes, lat_scenarios, strict=False):
         rows = [r for r in lat if r.scenario == s.name]
         labels = [f"{r.impl} {r.size}B" for r in rows]
         ys = list(range(len(rows)))
@@ -262,7 +262,7 @@ def plot(records: Sequence[Record], throughput: Path, latency: Path, doc: dict[s
         ax.barh([y + 0.2 for y in ys], [r.value("p99_ms") or 0 for r in rows], 0.4, label="p99")
         ax.set_yticks(ys)
         ax.set_yticklabels(labels, fontsize=8)
-        for label, r in zip(ax.get_yticklabels(), rows):
+        for label, r in zip(ax.get_yticklabels(), rows, strict=True):
             if r.polybus:
                 label.set_fontweight("bold")
         finish(

@@ -23,7 +23,7 @@ pub fn encode(value: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, String)> {
         return Ok((bytes.as_bytes().to_vec(), BYTES.to_owned()));
     }
     if let Ok(text) = value.cast::<PyString>()
-        && let Ok(text) = text.to_cow()
+        && let Ok(text) = text.to_str()
     {
         return Ok((text.as_bytes().to_vec(), TEXT.to_owned()));
     }
@@ -60,10 +60,10 @@ fn write_json(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyRe
         return Ok(true);
     }
     if let Ok(text) = value.cast::<PyString>() {
-        let Ok(text) = text.to_cow() else {
+        let Ok(text) = text.to_str() else {
             return Ok(false); // lone surrogates: Python escapes them
         };
-        return Ok(write_serde(text.as_ref(), out));
+        return Ok(write_serde(text, out));
     }
     if let Ok(number) = value.cast::<PyInt>() {
         if let Ok(n) = number.extract::<i64>() {
@@ -85,13 +85,13 @@ fn write_json(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyRe
             let Ok(key) = key.cast::<PyString>() else {
                 return Ok(false);
             };
-            let Ok(key) = key.to_cow() else {
+            let Ok(key) = key.to_str() else {
                 return Ok(false);
             };
             if index > 0 {
                 out.push(b',');
             }
-            write_serde(key.as_ref(), out);
+            write_serde(key, out);
             out.push(b':');
             if !write_json(&item, out, depth + 1)? {
                 return Ok(false);

@@ -77,7 +77,7 @@ def _same(a: Any, b: Any) -> bool:
             a == b and math.copysign(1, a) == math.copysign(1, b)
         )
     if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     return bool(a == b)

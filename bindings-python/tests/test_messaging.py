@@ -249,9 +249,9 @@ def test_exceptions_retry_with_their_delays_then_dead_letter(broker_url: str, to
 
     asyncio.run(main())
     assert len(calls) == 3, "one attempt and two retries"
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
     # 0.3 s, then 0.6 s (backoff 2): never early, and not much later than asked.
-    for gap, delay in zip(gaps, [0.3, 0.6]):
+    for gap, delay in zip(gaps, [0.3, 0.6], strict=True):
         assert delay - 0.02 <= gap <= delay + 1.5, f"retry gaps {gaps}, expected 0.3 and 0.6"
     message, context = dead[0]
     assert message == {"order_id": 3}

@@ -7,8 +7,8 @@ import contextlib
 import functools
 import inspect
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _polybus
 from ._codec import decode
