@@ -114,11 +114,15 @@ impl KafkaSettings {
         Ok(())
     }
 
-    /// Properties of the producer: idempotent (no duplicates or reordering on retries).
+    /// Properties of the producer: idempotent (no duplicates or reordering on retries), and
+    /// `linger.ms` 2 rather than librdkafka's 5: a batch is queued at once anyway, and a
+    /// producer that awaits its acknowledgements in windows (`publish_batch` after
+    /// `publish_batch`) waited out the linger on every one (Python `send_batch`, 4 batches of
+    /// 1000 in flight: ~390,000 msgs/s with 5 ms, ~500,000 with 2 ms or 1 ms).
     pub fn producer(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("enable.idempotence", "true");
-        config.set("linger.ms", "5");
+        config.set("linger.ms", "2");
         merge(&mut config, &self.common);
         config
     }
@@ -195,6 +199,13 @@ mod tests {
         let c = s.consumer("billing", "earliest");
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("group.id"), Some("billing"));
+    }
+
+    #[test]
+    fn producers_linger_two_milliseconds_unless_told_otherwise() {
+        let p = settings("kafka://k").unwrap().producer();
+        assert_eq!(p.get("linger.ms"), Some("2"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
     }
 
     #[test]
