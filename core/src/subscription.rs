@@ -48,28 +48,26 @@ impl DeliverySink {
         }
     }
 
-    /// Waits up to `timeout` for room, blocking the calling thread (for fetch loops on a
-    /// thread of their own inside the runtime, such as `spawn_blocking`; never call it from an
-    /// async task). Wakes as soon as the consumer takes a delivery, so a fetch loop that is
-    /// ahead does not sleep past the moment the consumer runs dry.
-    pub fn wait_for_room(
-        &self,
-        timeout: Duration,
-    ) -> std::result::Result<SinkPermit<'_>, SinkBusy> {
+    /// Waits up to `timeout` until there is room, blocking the calling thread (for fetch loops
+    /// on a thread of their own inside the runtime, such as `spawn_blocking`; never call it
+    /// from an async task); reserve it with [`try_reserve`](DeliverySink::try_reserve). Wakes as
+    /// soon as the consumer takes a delivery, so a fetch loop that is ahead does not sleep past
+    /// the moment the consumer runs dry. `Err(Full)`: still no room after `timeout`.
+    pub fn wait_for_room(&self, timeout: Duration) -> std::result::Result<(), SinkBusy> {
         match self.try_reserve() {
             Err(SinkBusy::Full) => {}
-            ready => return ready,
+            ready => return ready.map(drop),
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             std::thread::sleep(timeout);
-            return self.try_reserve();
+            return self.try_reserve().map(drop);
         };
         runtime.block_on(async {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => Err(SinkBusy::Closed),
                 permit = tokio::time::timeout(timeout, self.tx.reserve()) => match permit {
-                    Ok(Ok(permit)) => Ok(SinkPermit(permit)),
+                    Ok(Ok(_)) => Ok(()),
                     Ok(Err(_)) => Err(SinkBusy::Closed),
                     Err(_) => Err(SinkBusy::Full),
                 },
@@ -330,20 +328,19 @@ mod tests {
         let (taken_tx, taken) = std::sync::mpsc::channel::<()>();
         let mut subscription = Subscription::spawn(1, move |sink| async move {
             let waits = tokio::task::spawn_blocking(move || {
-                let err = |r: std::result::Result<SinkPermit<'_>, SinkBusy>| r.err();
                 sink.try_reserve().unwrap().send(delivery(1));
-                let full = err(sink.wait_for_room(Duration::from_millis(20)));
+                let full = sink.wait_for_room(Duration::from_millis(20)).err();
                 let _ = taken_tx.send(());
                 let started = Instant::now();
-                match sink.wait_for_room(Duration::from_secs(30)) {
-                    Ok(permit) => permit.send(delivery(2)),
-                    Err(busy) => panic!("no room after the consumer took one: {busy:?}"),
+                if let Err(busy) = sink.wait_for_room(Duration::from_secs(30)) {
+                    panic!("no room after the consumer took one: {busy:?}");
                 }
+                sink.try_reserve().unwrap().send(delivery(2));
                 let woken_after = started.elapsed();
                 while !sink.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                let closing = err(sink.wait_for_room(Duration::from_secs(30)));
+                let closing = sink.wait_for_room(Duration::from_secs(30)).err();
                 (full, woken_after, closing)
             })
             .await

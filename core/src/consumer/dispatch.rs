@@ -272,7 +272,7 @@ impl Dispatcher {
                 biased;
                 outcome = self.outcome_of(&mut front.outcome) => {
                     if let Some(done) = pending.pop_front() {
-                        settling.push(self.settle_slotted(done, outcome));
+                        settling.push(self.settle_slotted(done.delivery, done.claim, done.slot, outcome));
                     }
                 }
                 () = wake.notified() => {
@@ -301,10 +301,8 @@ impl Dispatcher {
         let mut claimed = Vec::with_capacity(deliveries.len());
         for (delivery, slot) in deliveries {
             if self.abort.is_cancelled() {
-                settling.push(Box::pin(async move {
-                    self.give_back(delivery).await;
-                    drop(slot);
-                }));
+                // Settling "stopped before it finished" gives it back.
+                settling.push(self.settle_slotted(delivery, Claim::None, slot, None));
                 continue;
             }
             match self.claim(&delivery).await {
@@ -339,30 +337,30 @@ impl Dispatcher {
                 for (delivery, claim, slot) in claimed {
                     let handled = self.handler.handle(&delivery);
                     let outcome = meanwhile(self.outcome_of(handled), settling).await;
-                    settling.push(Box::pin(async move {
-                        self.settle(delivery, claim, outcome).await;
-                        drop(slot);
-                    }));
+                    settling.push(self.settle_slotted(delivery, claim, slot, outcome));
                 }
             }
             Err(panic) => {
                 let reason = panic_reason(&*panic);
                 for (delivery, claim, slot) in claimed {
                     let outcome = Some(Err(reason.clone()));
-                    settling.push(Box::pin(async move {
-                        self.settle(delivery, claim, outcome).await;
-                        drop(slot);
-                    }));
+                    settling.push(self.settle_slotted(delivery, claim, slot, outcome));
                 }
             }
         }
     }
 
-    /// Settles a handed-over delivery by its outcome, then frees its slot.
-    fn settle_slotted(&self, done: Pending, outcome: Outcome) -> Settle<'_> {
+    /// Settles a lane's delivery by its outcome, then frees its slot.
+    fn settle_slotted(
+        &self,
+        delivery: Delivery,
+        claim: Claim,
+        slot: OwnedSemaphorePermit,
+        outcome: Outcome,
+    ) -> Settle<'_> {
         Box::pin(async move {
-            self.settle(done.delivery, done.claim, outcome).await;
-            drop(done.slot);
+            self.settle(delivery, claim, outcome).await;
+            drop(slot);
         })
     }
 

@@ -430,17 +430,10 @@ impl Poller {
             }
             if self.backlog.len() >= self.max_backlog {
                 // The consumer is behind: leave what librdkafka fetched ahead in its queue and
-                // wait for room (woken as soon as there is some), polling (rebalances,
-                // liveness) at least once a second.
-                match self.sink.wait_for_room(wait) {
-                    Ok(permit) => {
-                        if let Some(fetched) = next_current(&mut self.backlog, &self.shared.tracker)
-                        {
-                            permit.send(self.delivery(fetched));
-                        }
-                    }
-                    Err(SinkBusy::Full) => {}
-                    Err(SinkBusy::Closed) => break,
+                // wait for room (woken as soon as there is some; the next turn hands out),
+                // polling (rebalances, liveness) at least once a second.
+                if self.sink.wait_for_room(wait) == Err(SinkBusy::Closed) {
+                    break;
                 }
                 if last_poll.elapsed() < POLL_AT_LEAST_EVERY {
                     continue;
