@@ -68,8 +68,13 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> PhpException {
     config_error(format!("invalid configuration ({key}): {reason}"))
 }
 
-fn plan<'a>(destination: &str, options: Option<&'a ZendHashTable>) -> PhpResult<Plan<'a>> {
-    let mut spec = SubscriptionSpec::new([destination], destination);
+/// What `options` ask for; `prefetch` is the broker's default, for when they name none.
+fn plan<'a>(
+    destination: &str,
+    options: Option<&'a ZendHashTable>,
+    prefetch: usize,
+) -> PhpResult<Plan<'a>> {
+    let mut spec = SubscriptionSpec::new([destination], destination).with_prefetch(prefetch);
     let mut consumer = ConsumerOptions {
         drain_timeout: DRAIN,
         ..ConsumerOptions::default()
@@ -240,8 +245,8 @@ pub fn consume(
         let limit = seconds(timeout, "timeout").map_err(|reason| invalid("timeout", reason))?;
         Some(Instant::now() + limit)
     };
-    let plan = plan(&destination, options)?;
     let shared = broker.open()?.clone();
+    let plan = plan(&destination, options, shared.default_prefetch())?;
     let mut options = plan.options;
     // One message at a time (the default) is handled in the order received, and the runtime
     // hands up to `prefetch` messages over at once (never more than `limit`), so this thread

@@ -71,6 +71,7 @@ namespace Polybus {
          * for no time limit). Returns how many were handled. Returning acknowledges the message;
          * throwing applies the retry policy, then sends it to the dead-letter destination
          * (`<destination>.dlq` by default) with the exception's class and message in headers.
+         * `prefetch` defaults to the broker's (500 on Kafka, 100 elsewhere).
          * Pending pcntl signal handlers run between messages and at every poll interval; the
          * `stop` callable is asked at the same points. Messages fetched but not handled are
          * given back to the broker.

@@ -21,11 +21,10 @@ pub struct ConsumerSettings {
     topics: Vec<String>,
     group: String,
     concurrency: usize,
-    /// Jobs handed to Python at once (at least `concurrency`): the engine's concurrency.
-    in_flight: usize,
-    /// Every message in the order received, one at a time, `in_flight` handed over ahead.
+    /// Every message in the order received, one at a time, the prefetch handed over ahead.
     sequential: bool,
-    prefetch: usize,
+    /// `None`: the broker's default ([`polybus::Broker::default_prefetch`]).
+    prefetch: Option<usize>,
     start: String,
     max_retries: Option<u32>,
     retry_delay: f64,
@@ -41,7 +40,13 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
-    async fn options(&self) -> PyResult<ConsumerOptions> {
+    /// Jobs handed to Python at once, waiting there for a free worker so the workers never
+    /// idle while the engine refills: the prefetch, at least `concurrency`.
+    fn in_flight(&self, prefetch: usize) -> usize {
+        prefetch.max(self.concurrency).max(1)
+    }
+
+    async fn options(&self, in_flight: usize) -> PyResult<ConsumerOptions> {
         let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
         Ok(ConsumerOptions {
             retry: RetryPolicy {
@@ -64,7 +69,7 @@ impl ConsumerSettings {
                 ),
             },
             drain_timeout: seconds(self.drain_timeout),
-            sequential_ahead: self.sequential.then_some(self.in_flight.max(1)),
+            sequential_ahead: self.sequential.then_some(in_flight),
         })
     }
 }
@@ -205,12 +210,17 @@ impl NativeConsumer {
         broker: SharedBroker,
         settings: ConsumerSettings,
     ) -> PyResult<NativeConsumer> {
+        let prefetch = settings
+            .prefetch
+            .unwrap_or_else(|| broker.default_prefetch());
+        let in_flight = settings.in_flight(prefetch);
         let spec = SubscriptionSpec::new(settings.topics.clone(), settings.group.clone())
-            .with_concurrency(settings.in_flight.max(settings.concurrency))
-            .with_prefetch(settings.prefetch)
+            .with_concurrency(in_flight)
+            .with_prefetch(prefetch)
             .with_start(settings.start.parse::<StartPosition>().map_err(to_py)?);
-        let bridge = HandlerBridge::new(settings.in_flight.max(settings.concurrency).max(1));
-        let consumer = Consumer::start(broker, spec, bridge.handler(), settings.options().await?)
+        let bridge = HandlerBridge::new(in_flight);
+        let options = settings.options(in_flight).await?;
+        let consumer = Consumer::start(broker, spec, bridge.handler(), options)
             .await
             .map_err(to_py)?;
         Ok(NativeConsumer {

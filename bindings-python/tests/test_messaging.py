@@ -153,6 +153,41 @@ def test_handlers_never_run_more_than_concurrency_at_once(broker_url: str, topic
     assert most == 3, f"{most} handlers ran at once with concurrency=3"
 
 
+def test_without_a_prefetch_a_consumer_holds_the_brokers_default(
+    broker_url: str, topic: str
+) -> None:
+    # Handlers that never finish: the consumer takes messages until it holds its prefetch.
+    release = asyncio.Event()
+
+    @message_handler(topic=topic)
+    async def handle(message: dict) -> None:
+        await release.wait()
+
+    async def main() -> int:
+        runner = HandlerRunner(registered_handlers([topic])[0])
+        await runner.start()
+        await runner.wait_ready()
+        try:
+            messages = [{"n": n} for n in range(700)]
+            await get_producer().send_batch(topic, messages, keys=[f"k{n}" for n in range(700)])
+            # The count only grows, up to the prefetch: wait until it stays put for a second.
+            deadline = time.monotonic() + 30
+            held, since = -1, time.monotonic()
+            while time.monotonic() - since < 1.0:
+                received = runner.stats().get("received", 0)
+                if received != held:
+                    held, since = received, time.monotonic()
+                assert time.monotonic() < deadline, f"still taking messages: {runner.stats()}"
+                await asyncio.sleep(0.05)
+            return held
+        finally:
+            release.set()
+            await runner.stop()
+
+    expected = 500 if broker_url.startswith("kafka") else 100
+    assert asyncio.run(main()) == expected
+
+
 def test_concurrency_one_handles_each_queue_in_order(broker_url: str, topic: str) -> None:
     seen: dict[Optional[int], list[int]] = {}
 

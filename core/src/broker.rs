@@ -81,6 +81,12 @@ pub trait Broker: Publisher + Subscriber {
     /// The features this backend offers.
     fn capabilities(&self) -> Capabilities;
 
+    /// The prefetch for a subscription whose caller names none
+    /// ([`BrokerKind::default_prefetch`](crate::BrokerKind::default_prefetch)).
+    fn default_prefetch(&self) -> usize {
+        DEFAULT_PREFETCH
+    }
+
     /// Access to the dead letters this backend keeps, for [`crate::DeadLetters`]. The default
     /// is for backends that keep none: [`Error::Unsupported`].
     fn dead_letter_store(&self) -> Result<Box<dyn DeadLetterStore>> {
@@ -147,6 +153,9 @@ impl std::str::FromStr for StartPosition {
 }
 
 /// What to subscribe to and how.
+/// The prefetch of a [`SubscriptionSpec`] unless set, and of every backend but Kafka.
+pub const DEFAULT_PREFETCH: usize = 100;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriptionSpec {
     /// Topics to read (patterns where [`Capabilities::pattern_subscriptions`] allows).
@@ -162,7 +171,8 @@ pub struct SubscriptionSpec {
 }
 
 impl SubscriptionSpec {
-    /// A spec for `topics` in `group`, with concurrency 1 and prefetch 100.
+    /// A spec for `topics` in `group`, with concurrency 1 and prefetch [`DEFAULT_PREFETCH`]
+    /// (bindings take [`Broker::default_prefetch`] when their caller names none).
     pub fn new<T: Into<String>>(
         topics: impl IntoIterator<Item = T>,
         group: impl Into<String>,
@@ -171,7 +181,7 @@ impl SubscriptionSpec {
             topics: topics.into_iter().map(Into::into).collect(),
             group: group.into(),
             concurrency: 1,
-            prefetch: 100,
+            prefetch: DEFAULT_PREFETCH,
             start: StartPosition::Earliest,
         }
     }

@@ -755,3 +755,18 @@ async fn a_full_spool_fails_the_publish_and_drops_nothing() {
     let spool = Spool::open(&opts).unwrap();
     assert_eq!(spool.depth(), accepted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_prefetch_is_the_primary_backends_reached_or_not() {
+    init_tracing();
+    for (url, prefetch) in [
+        ("kafka://127.0.0.1:1", 500),
+        ("redis://127.0.0.1:1/0", polybus::DEFAULT_PREFETCH),
+    ] {
+        let dir = TempDir::new("default-prefetch");
+        let broker = FailoverBroker::connect_url(url, options(dir.path()))
+            .await
+            .expect("starts with the primary down");
+        assert_eq!(broker.default_prefetch(), prefetch, "{url}");
+    }
+}

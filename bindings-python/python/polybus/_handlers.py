@@ -24,7 +24,7 @@ class HandlerSpec:
     jitter: float
     schema: Optional[type]
     concurrency: int
-    prefetch: int
+    prefetch: Optional[int]
     dead_letter: Optional[str]
     start: str
     dedup: Optional[str] = None
@@ -51,7 +51,7 @@ def message_handler(
     schema: Optional[type] = None,
     group: Optional[str] = None,
     concurrency: int = 10,
-    prefetch: int = 100,
+    prefetch: Optional[int] = None,
     dead_letter: Optional[str] = None,
     start: str = "earliest",
     dedup: Union[bool, str, None] = None,
@@ -62,6 +62,8 @@ def message_handler(
     The first parameter receives the message: a dict (or list, str, bytes as sent), or the
     validated ``schema`` (pydantic model) instance. Other parameters are resolved by name from
     providers (:func:`provide`); a parameter named ``context`` gets the :class:`MessageContext`.
+    At most ``concurrency`` calls run at once, fed by up to ``prefetch`` messages the engine
+    hands over ahead (``None``: the broker's default, 500 on Kafka and 100 elsewhere).
     Returning acknowledges the message. An exception retries after ``retry_delay`` seconds
     (times ``retry_backoff`` per retry, at most ``max_retry_delay``) up to ``max_retries``
     times, then dead-letters it to ``<topic>.dlq`` (``dead_letter`` names another topic, a
@@ -111,7 +113,7 @@ def handler_spec(
     jitter: float = 0.1,
     schema: Optional[type] = None,
     concurrency: int = 10,
-    prefetch: int = 100,
+    prefetch: Optional[int] = None,
     dead_letter: Optional[str] = None,
     start: str = "earliest",
     dedup: Union[bool, str, None] = None,
@@ -122,7 +124,7 @@ def handler_spec(
     topics = (topic,) if isinstance(topic, str) else tuple(topic)
     if not topics or not all(isinstance(t, str) and t for t in topics):
         raise ValueError(f"topic must be a non-empty string or list of strings, got {topic!r}")
-    if max_retries < 0 or concurrency < 1 or prefetch < 1:
+    if max_retries < 0 or concurrency < 1 or (prefetch is not None and prefetch < 1):
         raise ValueError("max_retries must be >= 0, concurrency and prefetch >= 1")
     if not callable(func):
         raise TypeError(f"@message_handler needs a function, got {func!r}")

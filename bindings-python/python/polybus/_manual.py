@@ -26,7 +26,7 @@ class ManualConsumer:
         url: Optional[str] = None,
         bootstrap_servers: Optional[str] = None,
         concurrency: int = 10,
-        prefetch: int = 100,
+        prefetch: Optional[int] = None,
         max_retries: int = 0,
         retry_delay: float = 1.0,
         retry_backoff: float = 2.0,

@@ -71,10 +71,10 @@ class HandlerRunner:
                 "topics": list(spec.topics),
                 "group": self.group,
                 "concurrency": self._concurrency,
-                # Up to `prefetch` jobs wait on this side for a free worker, so the workers never
-                # idle while the engine refills. With one at a time, every message is handled
-                # in the order received (the engine hands them over as ordered runs).
-                "in_flight": max(self._concurrency, spec.prefetch),
+                # Up to `prefetch` jobs (None: the broker's default) wait on this side for a
+                # free worker, so the workers never idle while the engine refills. With one at a
+                # time, every message is handled in the order received (the engine hands them
+                # over as ordered runs).
                 "sequential": self._concurrency == 1,
                 "prefetch": spec.prefetch,
                 "start": spec.start,

@@ -47,6 +47,19 @@ impl BrokerKind {
             BrokerKind::Redis => "redis",
         }
     }
+
+    /// How many unacknowledged messages a subscription on this backend may hold when its
+    /// caller names no prefetch. On Kafka, partitions (not prefetch) share a group's work out,
+    /// and handlers stay busy only while the next few hundred messages are already on their way
+    /// as settlements travel back: 500. Elsewhere the prefetch is also what the broker assigns
+    /// to one member ahead (RabbitMQ's `basic.qos`, Redis' `XREADGROUP COUNT`), and 100 keeps
+    /// slow handlers' work spread across a group.
+    pub fn default_prefetch(self) -> usize {
+        match self {
+            BrokerKind::Kafka => 500,
+            _ => crate::broker::DEFAULT_PREFETCH,
+        }
+    }
 }
 
 impl fmt::Display for BrokerKind {

@@ -362,6 +362,11 @@ impl Broker for FailoverBroker {
         }
     }
 
+    /// The primary's backend's, known before it is reached.
+    fn default_prefetch(&self) -> usize {
+        self.shared.default_prefetch()
+    }
+
     /// The primary's dead letters (they live on the primary, not in the spool).
     fn dead_letter_store(&self) -> Result<Box<dyn crate::dead_letters::DeadLetterStore>> {
         match self.shared.connected_primary() {

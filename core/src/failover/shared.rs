@@ -249,6 +249,18 @@ impl Shared {
             .map_or("failover", |config| config.kind().as_str())
     }
 
+    /// The primary's default prefetch, or the configured backend's while it was never reached.
+    pub fn default_prefetch(&self) -> usize {
+        if let Some(primary) = self.connected_primary() {
+            return primary.default_prefetch();
+        }
+        self.connector
+            .as_ref()
+            .map_or(crate::broker::DEFAULT_PREFETCH, |config| {
+                config.kind().default_prefetch()
+            })
+    }
+
     /// The primary's capabilities; all false while it was never reached.
     pub fn capabilities(&self) -> Capabilities {
         self.described

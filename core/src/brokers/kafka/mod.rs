@@ -371,6 +371,10 @@ impl Broker for KafkaBroker {
         CAPABILITIES
     }
 
+    fn default_prefetch(&self) -> usize {
+        crate::BrokerKind::Kafka.default_prefetch()
+    }
+
     fn dead_letter_store(&self) -> Result<Box<dyn crate::dead_letters::DeadLetterStore>> {
         admin::store(self)
     }
