@@ -728,3 +728,68 @@ async fn unreachable_servers_and_bad_options_are_clear_errors() {
         .expect("streams have no integer offsets");
     assert!(err.to_string().contains("Timestamp"), "{err}");
 }
+
+/// A subscription's own connection for blocking reads signs in as the URL's user and uses its
+/// database, like every other connection of the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_reads_sign_in_as_the_url_s_user_on_its_database() {
+    let user = unique("user");
+    let mut admin = plain().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let host = address();
+    let host = host
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    for mode in ["streams", "list"] {
+        let url = format!("redis://{user}:secret@{host}/7?mode={mode}");
+        let broker = polybus::connect_url(&url).await.unwrap();
+        let topic = unique("signed-in");
+        let group = unique("readers");
+        let mut sub = broker
+            .subscribe(SubscriptionSpec::new([topic.as_str()], group.as_str()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = broker.publish(Message::text(&topic, "hi")).await.unwrap();
+        let delivery = recv(&mut sub, "the message, read on database 7").await;
+        assert_eq!(delivery.message.id, sent.id, "{mode}");
+        delivery.ack().await.unwrap();
+
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let reader = clients
+            .lines()
+            .find(|line| line.contains(&format!("name=polybus-{mode}-{group}-")))
+            .unwrap_or_else(|| panic!("no blocking-read connection in {clients}"));
+        assert!(reader.contains(&format!(" user={user} ")), "{reader}");
+        assert!(reader.contains(" db=7 "), "{reader}");
+        let in_db0: i64 = admin.exists(&topic).await.unwrap();
+        assert_eq!(in_db0, 0, "{mode}: nothing written to database 0");
+        sub.close().await.unwrap();
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+}

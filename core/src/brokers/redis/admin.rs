@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use ::redis::Value;
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::conn::{int_of, items_of, text_of};
-use super::streams::decode_entry;
+use super::streams::{decode_entry, entry_fields};
 use super::{Inner, RedisBroker, envelope};
 use crate::config::RedisMode;
 use crate::dead_letters::{DeadLetterCursor, DeadLetterStore, StoredLetter, cursor_group};
@@ -151,14 +152,16 @@ impl DeadLetterCursor for ListCursor {
 }
 
 /// A stream entry: its id and fields (`None` when it was deleted while pending).
-type Entry = (String, Option<Vec<Value>>);
+type Entry = (String, Option<Vec<Bytes>>);
 
 fn entry_of(value: Value) -> Option<Entry> {
     let mut parts = items_of(value).into_iter();
     let id = text_of(&parts.next()?)?;
     let fields = match parts.next() {
-        Some(Value::Array(fields)) => Some(fields),
-        Some(Value::Map(pairs)) => Some(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        Some(Value::Array(fields)) => Some(entry_fields(fields)),
+        Some(Value::Map(pairs)) => Some(entry_fields(
+            pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        )),
         _ => None,
     };
     Some((id, fields))

@@ -5,10 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use ::redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, ErrorKind, RedisError, ServerErrorKind,
+    Value,
+};
 use tokio::sync::Notify;
 
+use super::direct::{self, DirectConnection};
+use super::resp::Reply;
 use super::settings::Settings;
 use crate::error::Error;
 use crate::subscription::DeliverySink;
@@ -127,22 +132,21 @@ impl Backoff {
 }
 
 /// A subscription's own connection for blocking reads (`BLMOVE`, `XREADGROUP ... BLOCK`), which
-/// would stall every other command on a shared connection.
+/// would stall every other command on a shared connection. Its replies are read with
+/// [`resp`](super::resp): a stream read's fields stay slices of the buffer they arrived in.
 pub(super) struct Dedicated {
-    client: Client,
-    config: AsyncConnectionConfig,
+    info: ConnectionInfo,
     settings: Arc<Settings>,
     /// The client name shown by `CLIENT LIST`.
     name: String,
-    /// The connection and its server-side client id (for `CLIENT UNBLOCK`).
-    conn: Option<(MultiplexedConnection, Option<i64>)>,
+    conn: Option<DirectConnection>,
     backoff: Backoff,
 }
 
 /// What a blocking read came back with.
 pub(super) enum Blocked {
     /// The server's reply (nil when the block timed out or was interrupted).
-    Reply(Value),
+    Reply(Reply),
     /// The command failed; the connection is replaced before the next read.
     Failed(RedisError),
     /// The subscription closed before the read could be sent.
@@ -151,18 +155,13 @@ pub(super) enum Blocked {
 
 impl Dedicated {
     /// A connection named `polybus-<mode>-<group>-<consumer>` in `CLIENT LIST`.
-    pub fn new(client: Client, settings: Arc<Settings>, group: &str, consumer: &str) -> Self {
+    pub fn new(client: &Client, settings: Arc<Settings>, group: &str, consumer: &str) -> Self {
         let name = format!("polybus-{}-{group}-{consumer}", settings.mode.as_str())
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '_' })
             .collect();
-        // The reply to a blocking read comes after the block at the latest.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connection_timeout))
-            .set_response_timeout(Some(settings.block + settings.response_timeout));
         Dedicated {
-            client,
-            config,
+            info: client.get_connection_info().clone(),
             settings,
             name,
             conn: None,
@@ -171,34 +170,20 @@ impl Dedicated {
     }
 
     /// The connection, (re)connecting with backoff; `None` once the subscription closed.
-    async fn connection(
-        &mut self,
-        sink: &DeliverySink,
-    ) -> Option<(&mut MultiplexedConnection, Option<i64>)> {
+    async fn connection(&mut self, sink: &DeliverySink) -> Option<&mut DirectConnection> {
         while self.conn.is_none() {
             if sink.is_cancelled() {
                 return None;
             }
-            let connecting = self
-                .client
-                .get_multiplexed_async_connection_with_config(&self.config);
+            let connecting =
+                DirectConnection::open(&self.info, &self.name, self.settings.connection_timeout);
             let attempt = tokio::select! {
                 _ = sink.cancelled() => return None,
                 attempt = connecting => attempt,
             };
             match attempt {
-                Ok(mut conn) => {
-                    let _ = ::redis::cmd("CLIENT")
-                        .arg("SETNAME")
-                        .arg(&self.name)
-                        .query_async::<Value>(&mut conn)
-                        .await;
-                    let id = ::redis::cmd("CLIENT")
-                        .arg("ID")
-                        .query_async::<i64>(&mut conn)
-                        .await
-                        .ok();
-                    self.conn = Some((conn, id));
+                Ok(conn) => {
+                    self.conn = Some(conn);
                     self.backoff.reset();
                 }
                 Err(err) => {
@@ -209,7 +194,7 @@ impl Dedicated {
                 }
             }
         }
-        self.conn.as_mut().map(|(conn, id)| (conn, *id))
+        self.conn.as_mut()
     }
 
     /// Runs a blocking command. When the subscription closes or `wake` is notified meanwhile,
@@ -222,11 +207,14 @@ impl Dedicated {
         sink: &DeliverySink,
         wake: &Notify,
     ) -> Blocked {
-        let Some((conn, client_id)) = self.connection(sink).await else {
+        // The reply to a blocking read comes after the block at the latest.
+        let timeout = self.settings.block + self.settings.response_timeout;
+        let Some(conn) = self.connection(sink).await else {
             return Blocked::Closed;
         };
+        let client_id = conn.client_id;
         let reply = {
-            let read = cmd.query_async::<Value>(conn);
+            let read = direct::within(timeout, conn.query(cmd));
             tokio::pin!(read);
             let mut interrupted = false;
             loop {
@@ -250,7 +238,7 @@ impl Dedicated {
             }
         };
         match reply {
-            Ok(value) => Blocked::Reply(value),
+            Ok(reply) => Blocked::Reply(reply),
             Err(err) => {
                 // The connection's state is unknown after a failure: start a fresh one.
                 self.conn = None;
@@ -267,15 +255,6 @@ impl Dedicated {
     /// A successful read: the next failure starts with the shortest pause again.
     pub fn succeeded(&mut self) {
         self.backoff.reset();
-    }
-}
-
-/// Reads a reply as bytes (bulk or simple string).
-pub(super) fn bytes_of(value: &Value) -> Option<&[u8]> {
-    match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(text) => Some(text.as_bytes()),
-        _ => None,
     }
 }
 

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{self, Blocked, Dedicated, bytes_of, int_of, items_of};
+use super::conn::{self, Blocked, Dedicated, int_of, items_of};
 use super::{Inner, envelope, keys, scripts};
 use crate::broker::SubscriptionSpec;
 use crate::delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
@@ -132,7 +132,7 @@ struct Leftover {
 async fn fetch_loop(shared: &Arc<Shared>, prefetch: usize, sink: &DeliverySink) -> Leftover {
     let settings = shared.inner.settings.clone();
     let mut dedicated = Dedicated::new(
-        shared.inner.client.clone(),
+        &shared.inner.client,
         settings.clone(),
         &shared.group,
         &shared.consumer,
@@ -195,15 +195,12 @@ async fn fetch_loop(shared: &Arc<Shared>, prefetch: usize, sink: &DeliverySink) 
             .blocking(&cmd, &shared.commands, sink, &shared.wake)
             .await
         {
-            Blocked::Reply(Value::Nil) => {}
             Blocked::Reply(reply) => {
-                if let Some(raw) = bytes_of(&reply) {
+                // Nil when the block ended with nothing moved.
+                if let Some(raw) = reply.into_bytes() {
                     topic.held.fetch_add(1, Ordering::AcqRel);
                     shared.owned.fetch_add(1, Ordering::AcqRel);
-                    backlog.push_back(Fetched {
-                        topic: index,
-                        raw: Bytes::copy_from_slice(raw),
-                    });
+                    backlog.push_back(Fetched { topic: index, raw });
                 }
             }
             Blocked::Failed(err) => {

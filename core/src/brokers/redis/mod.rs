@@ -21,11 +21,13 @@
 mod admin;
 mod conn;
 mod dedup;
+mod direct;
 mod envelope;
 mod json_check;
 mod keys;
 mod list;
 mod pubsub;
+mod resp;
 mod scripts;
 mod settings;
 mod streams;

@@ -25,7 +25,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{self, Blocked, Dedicated, bytes_of, items_of, text_of};
+use super::conn::{self, Blocked, Dedicated, items_of, text_of};
+use super::resp::Reply;
 use super::{Inner, keys, scripts};
 use crate::broker::{StartPosition, SubscriptionSpec};
 use crate::delivery::{Acknowledger, Delivery, DeliveryMeta, Settlement};
@@ -95,11 +96,11 @@ pub(super) fn xadd(stream: &str, message: &Message, attempt: u32, maxlen: Option
     cmd
 }
 
-/// Reads an entry of `topic`: the message and the attempt it is on. An entry without
-/// `polybus-id` comes from another producer: its `payload` field (or, without one, all its
-/// fields as a JSON object) is the payload, its other fields are headers, and its id is
-/// `<topic>-<entry id>`.
-pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (Message, u32) {
+/// Reads an entry of `topic` from its field names and values, one after the other: the message
+/// and the attempt it is on. An entry without `polybus-id` comes from another producer: its
+/// `payload` field (or, without one, all its fields as a JSON object) is the payload, its other
+/// fields are headers, and its id is `<topic>-<entry id>`.
+pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Bytes>) -> (Message, u32) {
     let entry_ms = entry_id
         .split('-')
         .next()
@@ -108,11 +109,11 @@ pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (
     let polybus = fields
         .iter()
         .step_by(2)
-        .any(|name| bytes_of(name) == Some(HEADER_ID.as_bytes()));
+        .any(|name| name.as_ref() == HEADER_ID.as_bytes());
     if !polybus {
         return (foreign_entry(topic, entry_id, timestamp_ms, fields), 1);
     }
-    // Values are taken over as they are: no copy of the payload, no string made for a name.
+    // The payload is taken over as it is, and no string is made for a name.
     let mut message = Message::received(
         topic,
         Bytes::new(),
@@ -124,16 +125,12 @@ pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (
     let mut attempt = 1;
     let mut values = fields.into_iter();
     while let (Some(name), Some(value)) = (values.next(), values.next()) {
-        let Some(name) = bytes_of(&name) else {
-            continue;
-        };
         // Borrowed, not copied, when the name is UTF-8 (always, for Polybus' own fields).
-        let name = String::from_utf8_lossy(name);
-        let value = owned_bytes(value);
+        let name = String::from_utf8_lossy(&name);
         match name.as_ref() {
-            HEADER_ID => message.id = owned_text(value),
-            HEADER_CONTENT_TYPE => content_type = Some(owned_text(value)),
-            HEADER_KEY => message.key = Some(owned_text(value)),
+            HEADER_ID => message.id = text(&value),
+            HEADER_CONTENT_TYPE => content_type = Some(text(&value)),
+            HEADER_KEY => message.key = Some(text(&value)),
             HEADER_TIMESTAMP => {
                 if let Some(ms) = std::str::from_utf8(&value)
                     .ok()
@@ -143,10 +140,10 @@ pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (
                 }
             }
             HEADER_ATTEMPT => attempt = parse_attempt(Some(&value)),
-            FIELD_PAYLOAD => message.payload = Bytes::from(value),
+            FIELD_PAYLOAD => message.payload = value,
             other => {
                 let header = other.strip_prefix(HEADER_FIELD_PREFIX).unwrap_or(other);
-                message.headers.insert(header.to_owned(), owned_text(value));
+                message.headers.insert(header.to_owned(), text(&value));
             }
         }
     }
@@ -157,11 +154,11 @@ pub(super) fn decode_entry(topic: &str, entry_id: &str, fields: Vec<Value>) -> (
 
 /// An entry another producer added: its `payload` field (or, without one, all its fields as
 /// a JSON object) is the payload, its other fields are headers.
-fn foreign_entry(topic: &str, entry_id: &str, timestamp_ms: i64, fields: Vec<Value>) -> Message {
-    let mut pairs: Vec<(String, Vec<u8>)> = Vec::with_capacity(fields.len() / 2);
+fn foreign_entry(topic: &str, entry_id: &str, timestamp_ms: i64, fields: Vec<Bytes>) -> Message {
+    let mut pairs: Vec<(String, Bytes)> = Vec::with_capacity(fields.len() / 2);
     let mut values = fields.into_iter();
     while let (Some(name), Some(value)) = (values.next(), values.next()) {
-        pairs.push((text_of(&name).unwrap_or_default(), owned_bytes(value)));
+        pairs.push((text(&name), value));
     }
     let id = format!("{topic}-{entry_id}");
     if let Some(index) = pairs.iter().position(|(name, _)| name == FIELD_PAYLOAD) {
@@ -169,13 +166,13 @@ fn foreign_entry(topic: &str, entry_id: &str, timestamp_ms: i64, fields: Vec<Val
         let content_type = sniff_content_type(&payload).to_owned();
         let mut message = Message::received(topic, payload, id, content_type, timestamp_ms);
         for (name, value) in pairs {
-            message.headers.insert(name, owned_text(value));
+            message.headers.insert(name, text(&value));
         }
         message
     } else {
         let object: serde_json::Map<String, serde_json::Value> = pairs
             .into_iter()
-            .map(|(name, value)| (name, serde_json::Value::String(owned_text(value))))
+            .map(|(name, value)| (name, serde_json::Value::String(text(&value))))
             .collect();
         let payload = serde_json::Value::Object(object).to_string();
         Message::received(
@@ -188,18 +185,21 @@ fn foreign_entry(topic: &str, entry_id: &str, timestamp_ms: i64, fields: Vec<Val
     }
 }
 
-/// A field's value as bytes, taken over when it is a bulk string.
-fn owned_bytes(value: Value) -> Vec<u8> {
-    match value {
-        Value::BulkString(bytes) => bytes,
-        other => text_of(&other).unwrap_or_default().into_bytes(),
-    }
+/// The fields of an entry redis-rs read (names and values, one after the other), their bytes
+/// taken over.
+pub(super) fn entry_fields(values: Vec<Value>) -> Vec<Bytes> {
+    values
+        .into_iter()
+        .map(|value| match value {
+            Value::BulkString(bytes) => Bytes::from(bytes),
+            other => Bytes::from(text_of(&other).unwrap_or_default()),
+        })
+        .collect()
 }
 
-/// Bytes as text, reusing them when they are UTF-8 (invalid sequences become U+FFFD).
-fn owned_text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes)
-        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+/// Bytes as text (invalid sequences become U+FFFD).
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The group id that puts a new group, or moves an existing one, before the first entry
@@ -264,7 +264,8 @@ struct AckQueue {
 struct Entry {
     stream: usize,
     id: String,
-    fields: Vec<Value>,
+    /// Field names and values, one after the other.
+    fields: Vec<Bytes>,
     redelivered: bool,
 }
 
@@ -366,7 +367,7 @@ struct Leftover {
 async fn fetch_loop(shared: &Arc<Shared>, prefetch: usize, sink: &DeliverySink) -> Leftover {
     let settings = shared.inner.settings.clone();
     let mut dedicated = Dedicated::new(
-        shared.inner.client.clone(),
+        &shared.inner.client,
         settings.clone(),
         &shared.group,
         &shared.consumer,
@@ -447,7 +448,7 @@ async fn fetch_loop(shared: &Arc<Shared>, prefetch: usize, sink: &DeliverySink) 
             .blocking(&cmd, &shared.commands, sink, &shared.wake)
             .await
         {
-            Blocked::Reply(Value::Nil) => {
+            Blocked::Reply(Reply::Nil) => {
                 // Timed out or woken: a delayed copy may be due now.
                 next_promote = Instant::now();
             }
@@ -792,26 +793,20 @@ impl Shared {
             .map(|_| ())
     }
 
-    /// The entries of an `XREADGROUP` reply.
-    fn entries_of_read(&self, reply: Value) -> Vec<Entry> {
-        let per_stream: Vec<(Value, Value)> = match reply {
-            Value::Map(pairs) => pairs,
-            other => items_of(other)
-                .into_iter()
-                .filter_map(|pair| {
-                    let mut parts = items_of(pair).into_iter();
-                    Some((parts.next()?, parts.next()?))
-                })
-                .collect(),
-        };
+    /// The entries of an `XREADGROUP` reply: per stream, its key and its entries.
+    fn entries_of_read(&self, reply: Reply) -> Vec<Entry> {
         let mut entries = Vec::new();
-        for (key, list) in per_stream {
-            let Some(key) = bytes_of(&key) else { continue };
+        for pair in reply.into_items() {
+            let mut parts = pair.into_items().into_iter();
+            let (Some(key), Some(list)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(key) = key.bytes() else { continue };
             let Some(index) = self.streams.iter().position(|s| s.key.as_bytes() == key) else {
                 continue;
             };
-            for entry in items_of(list) {
-                if let Some((id, fields)) = entry_of(entry) {
+            for entry in list.into_items() {
+                if let Some((id, fields)) = read_entry_of(entry) {
                     self.hold(index, &id);
                     entries.push(Entry {
                         stream: index,
@@ -846,14 +841,30 @@ impl Shared {
 }
 
 /// An entry as `(id, fields)`; `None` for a deleted entry (nil fields).
-fn entry_of(entry: Value) -> Option<(String, Vec<Value>)> {
+fn entry_of(entry: Value) -> Option<(String, Vec<Bytes>)> {
     let mut parts = items_of(entry).into_iter();
     let id = text_of(&parts.next()?)?;
     match parts.next()? {
-        Value::Array(fields) => Some((id, fields)),
-        Value::Map(pairs) => Some((id, pairs.into_iter().flat_map(|(k, v)| [k, v]).collect())),
+        Value::Array(fields) => Some((id, entry_fields(fields))),
+        Value::Map(pairs) => Some((
+            id,
+            entry_fields(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        )),
         _ => None,
     }
+}
+
+/// An entry of a stream read: its id and fields (an entry deleted meanwhile has none).
+fn read_entry_of(entry: Reply) -> Option<(String, Vec<Bytes>)> {
+    let mut parts = entry.into_items().into_iter();
+    let id = text(parts.next()?.bytes()?);
+    let Reply::Array(fields) = parts.next()? else {
+        return None;
+    };
+    Some((
+        id,
+        fields.into_iter().filter_map(Reply::into_bytes).collect(),
+    ))
 }
 
 /// Settles one stream entry for the group.
@@ -913,8 +924,8 @@ impl Acknowledger for StreamAcker {
 mod tests {
     use super::*;
 
-    fn values(fields: Vec<Vec<u8>>) -> Vec<Value> {
-        fields.into_iter().map(Value::BulkString).collect()
+    fn values(fields: Vec<Vec<u8>>) -> Vec<Bytes> {
+        fields.into_iter().map(Bytes::from).collect()
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! A plain connection that runs one command at a time and reads its reply with [`resp`]: what
+//! a subscription's blocking reads use. It connects as redis-rs would (TCP or TLS, `AUTH`,
+//! `SELECT`), names itself and learns its client id for `CLIENT UNBLOCK`.
+
+use std::io;
+use std::time::Duration;
+
+use ::redis::{Cmd, ConnectionAddr, ConnectionInfo, RedisError, RedisResult};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::resp::{self, Reply};
+
+/// A byte stream to the server: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How much room the read buffer gets before each read.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub(super) struct DirectConnection {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+    out: Vec<u8>,
+    /// A command was sent and its reply not read (the caller gave up on it): the connection
+    /// is out of step and must be replaced.
+    pending: bool,
+    /// The server's id for this connection (`CLIENT ID`).
+    pub client_id: Option<i64>,
+}
+
+impl DirectConnection {
+    /// Connects to `info` within `timeout` and names the connection `name`.
+    pub async fn open(info: &ConnectionInfo, name: &str, timeout: Duration) -> RedisResult<Self> {
+        match tokio::time::timeout(timeout, Self::connect(info, name)).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out("connecting")),
+        }
+    }
+
+    async fn connect(info: &ConnectionInfo, name: &str) -> RedisResult<Self> {
+        let io: Box<dyn Io> = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Box::new(tcp(host, *port).await?),
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => {
+                let tls = native_tls::TlsConnector::builder()
+                    .danger_accept_invalid_certs(*insecure)
+                    .danger_accept_invalid_hostnames(*insecure)
+                    .build()
+                    .map_err(|err| io::Error::other(err.to_string()))?;
+                let stream = tokio_native_tls::TlsConnector::from(tls)
+                    .connect(host, tcp(host, *port).await?)
+                    .await
+                    .map_err(|err| io::Error::other(err.to_string()))?;
+                Box::new(stream)
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("no direct connection to {other}"),
+                )
+                .into());
+            }
+        };
+        let mut conn = DirectConnection {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            pending: false,
+            client_id: None,
+        };
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut auth = ::redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            conn.query(auth.arg(password)).await?;
+        }
+        if settings.db() != 0 {
+            conn.query(::redis::cmd("SELECT").arg(settings.db()))
+                .await?;
+        }
+        conn.query(::redis::cmd("CLIENT").arg("SETNAME").arg(name))
+            .await?;
+        if let Reply::Int(id) = conn.query(::redis::cmd("CLIENT").arg("ID")).await? {
+            conn.client_id = Some(id);
+        }
+        Ok(conn)
+    }
+
+    /// Sends `cmd` and reads its reply; an error reply is an `Err`.
+    pub async fn query(&mut self, cmd: &Cmd) -> RedisResult<Reply> {
+        if self.pending {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier command's reply was never read",
+            )
+            .into());
+        }
+        self.pending = true;
+        self.out.clear();
+        cmd.write_packed_command(&mut self.out);
+        self.io.write_all(&self.out).await?;
+        let reply = loop {
+            if let Some(reply) = resp::take(&mut self.buf).map_err(io::Error::other)? {
+                break reply;
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )
+                .into());
+            }
+        };
+        self.pending = false;
+        match reply {
+            Reply::Error(text) => Err(server_error(&text)),
+            reply => Ok(reply),
+        }
+    }
+}
+
+async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The redis-rs error for an error reply (its code, such as `NOGROUP`, kept).
+fn server_error(text: &[u8]) -> RedisError {
+    let mut line = Vec::with_capacity(text.len() + 3);
+    line.push(b'-');
+    line.extend_from_slice(text);
+    line.extend_from_slice(b"\r\n");
+    match ::redis::parse_redis_value(&line).and_then(|value| value.extract_error()) {
+        Err(err) => err,
+        Ok(_) => io::Error::other(String::from_utf8_lossy(text).into_owned()).into(),
+    }
+}
+
+fn timed_out(what: &str) -> RedisError {
+    io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}")).into()
+}
+
+/// Runs `query` within `timeout`.
+pub(super) async fn within<T>(
+    timeout: Duration,
+    query: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(timeout, query)
+        .await
+        .unwrap_or_else(|_| Err(timed_out("waiting for a reply")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_reply_keeps_its_code() {
+        let err = server_error(b"NOGROUP No such key 'x' or consumer group 'g'");
+        assert_eq!(err.code(), Some("NOGROUP"));
+        let err = server_error(b"ERR unknown command");
+        assert!(err.to_string().contains("unknown command"), "{err}");
+    }
+}
