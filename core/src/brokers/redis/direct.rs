@@ -146,6 +146,56 @@ fn server_error(text: &[u8]) -> RedisError {
     }
 }
 
+/// Connections for commands whose caller waits for each reply (a single publish): each caller
+/// takes one of its own, so a command is one write and one read on the caller's task, without
+/// the hand-offs of redis-rs' multiplexed connection (~5 µs a round trip on a local server).
+pub(super) struct DirectPool {
+    info: ConnectionInfo,
+    name: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    idle: std::sync::Mutex<Vec<DirectConnection>>,
+}
+
+/// Idle connections kept; a caller finding none opens another.
+const POOL_IDLE: usize = 4;
+
+impl DirectPool {
+    pub fn new(
+        info: ConnectionInfo,
+        name: &str,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        DirectPool {
+            info,
+            name: name.to_owned(),
+            connect_timeout,
+            response_timeout,
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `cmd` on an idle connection (or a new one). A connection that failed is dropped,
+    /// so the next command starts on a fresh one.
+    pub async fn query(&self, cmd: &Cmd) -> RedisResult<Reply> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => DirectConnection::open(&self.info, &self.name, self.connect_timeout).await?,
+        };
+        let reply = within(self.response_timeout, conn.query(cmd)).await;
+        // An error reply leaves the connection in step; anything else may not.
+        if reply.is_ok() || reply.as_ref().is_err_and(|err| err.code().is_some()) {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < POOL_IDLE {
+                idle.push(conn);
+            }
+        }
+        reply
+    }
+}
+
 fn timed_out(what: &str) -> RedisError {
     io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}")).into()
 }

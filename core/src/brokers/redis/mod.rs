@@ -109,6 +109,8 @@ struct Inner {
     settings: Arc<Settings>,
     client: Client,
     manager: ConnectionManager,
+    /// Connections for single publishes.
+    singles: direct::DirectPool,
     closed: AtomicBool,
 }
 
@@ -139,6 +141,12 @@ impl RedisBroker {
         tracing::debug!(target_url = %settings.target, mode = settings.mode.as_str(), "connected to redis");
         Ok(RedisBroker {
             inner: Arc::new(Inner {
+                singles: direct::DirectPool::new(
+                    client.get_connection_info().clone(),
+                    "polybus-publisher",
+                    settings.connection_timeout,
+                    settings.response_timeout,
+                ),
                 settings,
                 client,
                 manager,
@@ -214,12 +222,15 @@ impl Publisher for RedisBroker {
     async fn publish(&self, message: Message) -> Result<PublishReceipt> {
         self.ensure_open()?;
         message.validate()?;
+        // On a connection of its own: a caller awaiting each publish pays one write and one
+        // read, not the multiplexer's hand-offs.
         let reply = self
-            .publish_command(&message)
-            .query_async::<Value>(&mut self.inner.manager())
+            .inner
+            .singles
+            .query(&self.publish_command(&message))
             .await
             .map_err(|err| self.inner.error(err))?;
-        Ok(self.receipt(&message, &reply))
+        Ok(self.receipt(&message, &reply.into_value()))
     }
 
     /// Sends every valid message in one pipeline: one round trip for the whole batch. In list

@@ -48,6 +48,19 @@ impl Reply {
         }
     }
 
+    /// The same reply as a redis-rs value.
+    pub fn into_value(self) -> ::redis::Value {
+        use ::redis::Value;
+        match self {
+            Reply::Nil => Value::Nil,
+            Reply::Status(text) => Value::SimpleString(String::from_utf8_lossy(&text).into_owned()),
+            Reply::Error(text) => Value::SimpleString(String::from_utf8_lossy(&text).into_owned()),
+            Reply::Int(n) => Value::Int(n),
+            Reply::Bulk(bytes) => Value::BulkString(bytes.to_vec()),
+            Reply::Array(items) => Value::Array(items.into_iter().map(Reply::into_value).collect()),
+        }
+    }
+
     /// The items of an array (a nil reply or any other has none).
     pub fn into_items(self) -> Vec<Reply> {
         match self {
