@@ -8,18 +8,29 @@
 //! for a tag among them. Each settle waits for the frame that carries it, so a failure still
 //! reaches it; none waits on a delivery that is not settled yet.
 //!
-//! Why: each frame lapin sends costs hand-offs between threads; a consumer that settles a
-//! slice of deliveries together now sends one frame for the slice.
+//! Acknowledgements wait (at most [`GATHER`]) until a quarter of the channel's prefetch is
+//! acknowledged, so they go as one frame rather than a frame per slice a consumer happened to
+//! settle together; with a prefetch below 4 they go at once.
+//!
+//! Why: each frame lapin sends costs hand-offs between threads, and each one the broker takes
+//! costs it a round of work on the channel and the queue, and gives it credit for a few more
+//! deliveries at a time. A Python consumer that settled slices of about 10 made the broker
+//! spend ~47 µs per message against ~30 µs when the same messages were acknowledged 30 at a time.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::future::join_all;
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+
+/// The longest an acknowledgement waits for others to share its frame.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// How a delivery is settled on the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +53,8 @@ pub(super) struct AckWindow {
     wake: Notify,
     /// The longest wait for one frame to be sent.
     send_timeout: Duration,
+    /// How many acknowledgements go out without waiting for more.
+    enough: usize,
 }
 
 struct State {
@@ -74,13 +87,16 @@ struct Batch {
 
 enum Take {
     Send(Batch),
+    /// Acknowledgements are queued, but fewer than `enough`.
+    Gather,
     Idle,
     Done,
 }
 
 impl AckWindow {
-    /// A window for a new channel, and the task that sends its settlements.
-    pub(super) fn open(send_timeout: Duration) -> (Arc<AckWindow>, JoinHandle<()>) {
+    /// A window for a new channel whose consumers have `prefetch`, and the task that sends its
+    /// settlements.
+    pub(super) fn open(send_timeout: Duration, prefetch: u16) -> (Arc<AckWindow>, JoinHandle<()>) {
         let window = Arc::new(AckWindow {
             state: Mutex::new(State {
                 pending: VecDeque::new(),
@@ -90,6 +106,7 @@ impl AckWindow {
             }),
             wake: Notify::new(),
             send_timeout,
+            enough: usize::from(prefetch / 4).max(1),
         });
         let sender = tokio::spawn(window.clone().send_loop());
         (window, sender)
@@ -149,10 +166,15 @@ impl AckWindow {
         self.wake.notify_one();
     }
 
-    fn take(&self) -> Take {
+    /// What to send now; with `gather`, acknowledgements (and nothing else) wait while they
+    /// are fewer than `enough`.
+    fn take(&self, gather: bool) -> Take {
         let mut state = self.lock();
         if state.acked == 0 && state.negatives.is_empty() {
             return if state.closed { Take::Done } else { Take::Idle };
+        }
+        if gather && !state.closed && state.negatives.is_empty() && state.acked < self.enough {
+            return Take::Gather;
         }
         let mut separate = std::mem::take(&mut state.negatives);
         let run = state
@@ -175,9 +197,22 @@ impl AckWindow {
     }
 
     async fn send_loop(self: Arc<Self>) {
+        // When the acknowledgements waiting to share a frame have waited long enough.
+        let mut due: Option<Instant> = None;
         loop {
-            match self.take() {
-                Take::Send(batch) => self.send(batch).await,
+            let gather = due.is_none_or(|due| Instant::now() < due);
+            match self.take(gather) {
+                Take::Send(batch) => {
+                    due = None;
+                    self.send(batch).await;
+                }
+                Take::Gather => {
+                    let until = *due.get_or_insert_with(|| Instant::now() + GATHER);
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
                 Take::Idle => self.wake.notified().await,
                 Take::Done => return,
             }

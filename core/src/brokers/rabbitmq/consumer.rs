@@ -77,7 +77,7 @@ async fn consume_once(
         )
         .await
         .map_err(|err| shared.consume_link.error(err))?;
-    let (window, sender) = AckWindow::open(CHANNEL_OP_TIMEOUT);
+    let (window, sender) = AckWindow::open(CHANNEL_OP_TIMEOUT, source.prefetch);
     sink.set_ready(true);
     let ended = loop {
         let next = tokio::select! {
