@@ -256,13 +256,19 @@ impl NativeConsumer {
     }
 
     /// Reports outcomes: a token alone for a success, `(token, error, error_type, permanent)`
-    /// for a failure. Well-formed outcomes are reported even when another one is not.
+    /// for a failure, `(token,)` for a message not handled (the consumer is stopping and had
+    /// not started it: it goes back to the broker). Well-formed outcomes are reported even when
+    /// another one is not.
     fn complete(&self, outcomes: &Bound<'_, PyList>) -> PyResult<()> {
         let mut settled = Vec::with_capacity(outcomes.len());
         let mut malformed = None;
         for item in outcomes.iter() {
             if let Ok(token) = item.cast::<PyInt>() {
                 settled.push((token.extract::<u64>()?, Ok(())));
+                continue;
+            }
+            if let Ok((token,)) = item.extract::<(u64,)>() {
+                settled.push((token, Err(HandlerError::not_handled())));
                 continue;
             }
             match item.extract::<(u64, String, Option<String>, bool)>() {

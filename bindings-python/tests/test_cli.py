@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,9 @@ def test_sigterm_drains_and_loses_nothing(name: str, tmp_path: Path) -> None:
     handled = out.read_text().splitlines()
     assert len(handled) == len(set(handled)), "a message was handled twice"
     assert len(handled) < total, "stopped too late to test anything"
+    # What was handed over but not started went back at once, not through the handler.
+    given_back = re.search(r"(\d+) given back not started", stderr)
+    assert given_back and int(given_back.group(1)) > 0, stderr
 
     async def consume_the_rest() -> None:
         runner = HandlerRunner(spec, group=runner_group)

@@ -330,6 +330,53 @@ mod tests {
         assert_eq!(report.stats.succeeded, 6);
     }
 
+    #[tokio::test]
+    async fn what_the_foreign_side_did_not_handle_goes_back_as_it_came() {
+        let broker = Arc::new(MemoryBroker::new(Default::default()));
+        for n in 0..3 {
+            broker
+                .publish(Message::text("stopping", n.to_string()))
+                .await
+                .unwrap();
+        }
+        let bridge = HandlerBridge::new(16);
+        let spec = SubscriptionSpec::new(["stopping"], "g").with_concurrency(16);
+        let consumer = Consumer::start(broker.clone(), spec, bridge.handler(), Default::default())
+            .await
+            .unwrap();
+        let mut jobs = Vec::new();
+        while jobs.len() < 3 {
+            jobs.extend(bridge.next_batch(100, Duration::from_secs(5)).await);
+        }
+        // One was handled; the other two were never started when the consumer stopped.
+        bridge.complete(jobs.iter().enumerate().map(|(n, job)| {
+            let outcome = if n == 0 {
+                Ok(())
+            } else {
+                Err(HandlerError::not_handled())
+            };
+            (job.token, outcome)
+        }));
+        let report = consumer.stop().await.unwrap();
+        assert_eq!(report.stats.succeeded, 1);
+        assert_eq!(report.stats.released, 2);
+        assert_eq!((report.stats.failed, report.stats.retried), (0, 0));
+        // They come back on their first attempt, to the next consumer of the group.
+        let mut again = broker
+            .subscribe(SubscriptionSpec::new(["stopping"], "g"))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let delivery = tokio::time::timeout(Duration::from_secs(5), again.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(delivery.attempt, 1);
+            delivery.ack().await.unwrap();
+        }
+    }
+
     /// Counts acknowledgements in progress at once; each takes a few milliseconds, as a frame
     /// written by a client's I/O thread does.
     #[derive(Default)]

@@ -12,8 +12,9 @@ Outgoing = tuple[str, Any, Optional[str], Optional[dict[str, str]], Optional[str
 # timestamp_ms, attempt, partition, offset; with ``body_only`` the first five alone, payload
 # and content_type None when the body was decoded.
 Job = tuple[Any, ...]
-# What `complete` takes: a token alone for a success, (token, error, error_type, permanent).
-Outcome = Union[int, tuple[int, str, Optional[str], bool]]
+# What `complete` takes: a token alone for a success, (token, error, error_type, permanent) for
+# a failure, (token,) for a job not started when its consumer stopped (released to the broker).
+Outcome = Union[int, tuple[int, str, Optional[str], bool], tuple[int]]
 
 # Put in a job in place of a body the engine left to Python to decode.
 NOT_DECODED: object

@@ -60,6 +60,8 @@ class HandlerRunner:
         self._runs: dict[int, deque[Job]] = {}
         self._idle: list[asyncio.Future[None]] = []
         self._draining = False
+        # Stopping: jobs not started go back to the broker instead of to a worker.
+        self._releasing = False
         self._call = _Caller(spec)
 
     async def start(self) -> None:
@@ -102,11 +104,13 @@ class HandlerRunner:
         return dict(self._native.stats()) if self._native is not None else {}
 
     async def stop(self) -> dict[str, int]:
-        """Stops fetching, lets in-flight messages finish (and be acknowledged), and closes."""
+        """Stops fetching, lets the handlers already running finish (and their messages be
+        acknowledged), gives the messages not started back to the broker, and closes."""
         native = self._native
         if native is None:
             return {}
         if self._stopping is None:
+            self._release_waiting()
             self._stopping = asyncio.ensure_future(native.stop())
         stats = await self._stopping
         if self._pump is not None:
@@ -122,6 +126,10 @@ class HandlerRunner:
         # Keep pumping until the engine's stop has drained: jobs it still hands out need us.
         while self._stopping is None or not self._stopping.done():
             jobs: list[Job] = await native.next_batch(_BATCH, _POLL_SECONDS)
+            if self._releasing:
+                for job in jobs:
+                    self._report((job[0],))
+                continue
             for job in jobs:
                 run = job[1]
                 if run is None:
@@ -136,6 +144,23 @@ class HandlerRunner:
         self._wake_workers(everyone=True)
         await asyncio.gather(*workers, return_exceptions=True)
         self._flush()
+
+    def _release_waiting(self) -> None:
+        """Gives back every job not started: the engine releases their messages to the broker
+        as they came (no attempt counted), and jobs handed out from now on go the same way."""
+        self._releasing = True
+        for item in self._ready:
+            if type(item) is int:
+                for job in self._runs.pop(item, ()):
+                    self._report((job[0],))
+            else:
+                self._report((item[0],))
+        self._ready.clear()
+        # The runs a worker is in the middle of: it finishes its current job and stops there.
+        for queue in self._runs.values():
+            for job in queue:
+                self._report((job[0],))
+            queue.clear()
 
     def _wake_workers(self, everyone: bool = False) -> None:
         idle = self._idle

@@ -84,6 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, stats in results.items():
         print(
             f"polybus: {name}: {stats.get('succeeded', 0)} handled, "
+            f"{stats.get('released', 0)} given back not started, "
             f"{stats.get('dead_lettered', 0)} dead-lettered",
             file=sys.stderr,
         )

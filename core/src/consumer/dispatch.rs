@@ -491,6 +491,10 @@ impl Dispatcher {
                 Box::pin(self.give_back(delivery)).await;
                 return;
             }
+            Some(Ok(Err(err))) if err.not_handled => {
+                Box::pin(self.give_back(delivery)).await;
+                return;
+            }
             Some(Ok(Ok(()))) => {
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                 delivery.ack().await

@@ -15,6 +15,8 @@ pub struct HandlerError {
     pub kind: Option<String>,
     /// True when retrying cannot help (bad input): the message is rejected at once.
     pub permanent: bool,
+    /// True when the handler never ran (see [`HandlerError::not_handled`]).
+    pub not_handled: bool,
 }
 
 impl HandlerError {
@@ -24,6 +26,16 @@ impl HandlerError {
             message: message.into(),
             kind: None,
             permanent: false,
+            not_handled: false,
+        }
+    }
+
+    /// The message was not handled: its consumer is stopping and it had not been started. It
+    /// goes back to the broker as it came (released, no attempt counted), not retried.
+    pub fn not_handled() -> Self {
+        HandlerError {
+            not_handled: true,
+            ..HandlerError::retryable("not handled: the consumer stopped first")
         }
     }
 
@@ -52,6 +64,7 @@ impl From<crate::Error> for HandlerError {
             message: err.to_string(),
             kind: Some("polybus::Error".into()),
             permanent,
+            not_handled: false,
         }
     }
 }
