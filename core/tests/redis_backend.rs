@@ -793,3 +793,56 @@ async fn blocking_reads_sign_in_as_the_url_s_user_on_its_database() {
         .await
         .unwrap();
 }
+
+/// A user refused the CLIENT commands (an ACL, a managed service) still publishes and reads:
+/// naming a connection and learning its id are optional.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_without_the_client_commands_publishes_and_reads() {
+    let user = unique("noclient");
+    let mut admin = plain().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-client")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let host = address();
+    let host = host
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    for mode in ["streams", "list"] {
+        let url = format!("redis://{user}:secret@{host}/0?mode={mode}");
+        let broker = polybus::connect_url(&url).await.unwrap();
+        let topic = unique("no-client");
+        let mut sub = broker
+            .subscribe(SubscriptionSpec::new(
+                [topic.as_str()],
+                unique("g").as_str(),
+            ))
+            .await
+            .unwrap();
+        let sent = broker.publish(Message::text(&topic, "hi")).await.unwrap();
+        let delivery = recv(&mut sub, "the message").await;
+        assert_eq!(delivery.message.id, sent.id, "{mode}");
+        delivery.ack().await.unwrap();
+        sub.close().await.unwrap();
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+}

@@ -86,10 +86,19 @@ impl DirectConnection {
             conn.query(::redis::cmd("SELECT").arg(settings.db()))
                 .await?;
         }
-        conn.query(::redis::cmd("CLIENT").arg("SETNAME").arg(name))
-            .await?;
-        if let Reply::Int(id) = conn.query(::redis::cmd("CLIENT").arg("ID")).await? {
-            conn.client_id = Some(id);
+        // A user without the CLIENT commands (an ACL, a managed service) still connects: the
+        // name is only for `CLIENT LIST`, and without the id a block is not ended early.
+        if let Err(err) = conn
+            .query(::redis::cmd("CLIENT").arg("SETNAME").arg(name))
+            .await
+            && err.code().is_none()
+        {
+            return Err(err);
+        }
+        match conn.query(::redis::cmd("CLIENT").arg("ID")).await {
+            Ok(Reply::Int(id)) => conn.client_id = Some(id),
+            Err(err) if err.code().is_none() => return Err(err),
+            _ => {}
         }
         Ok(conn)
     }
