@@ -729,25 +729,36 @@ async fn unreachable_servers_and_bad_options_are_clear_errors() {
     assert!(err.to_string().contains("Timestamp"), "{err}");
 }
 
-/// A subscription's own connection for blocking reads signs in as the URL's user and uses its
-/// database, like every other connection of the broker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn blocking_reads_sign_in_as_the_url_s_user_on_its_database() {
+/// Creates a user `secret` signs in as, with access to every key and channel and `commands`.
+async fn acl_user(admin: &mut redis::aio::MultiplexedConnection, commands: &[&str]) -> String {
     let user = unique("user");
-    let mut admin = plain().await;
-    let _: () = redis::cmd("ACL")
+    let mut setuser = redis::cmd("ACL");
+    setuser
         .arg("SETUSER")
         .arg(&user)
         .arg("on")
         .arg(">secret")
         .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .query_async(&mut admin)
+        .arg("&*");
+    for rule in commands {
+        setuser.arg(*rule);
+    }
+    let _: () = setuser.query_async(admin).await.unwrap();
+    user
+}
+
+async fn drop_user(admin: &mut redis::aio::MultiplexedConnection, user: &str) {
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(user)
+        .query_async(admin)
         .await
         .unwrap();
-    let host = address();
-    let host = host
+}
+
+/// The server's `host:port`.
+fn host_port() -> String {
+    address()
         .trim_start_matches("redis://")
         .rsplit('@')
         .next()
@@ -755,9 +766,17 @@ async fn blocking_reads_sign_in_as_the_url_s_user_on_its_database() {
         .split('/')
         .next()
         .unwrap_or_default()
-        .to_owned();
+        .to_owned()
+}
+
+/// A subscription's own connection for blocking reads signs in as the URL's user and uses its
+/// database, like every other connection of the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_reads_sign_in_as_the_url_s_user_on_its_database() {
+    let mut admin = plain().await;
+    let user = acl_user(&mut admin, &["+@all"]).await;
     for mode in ["streams", "list"] {
-        let url = format!("redis://{user}:secret@{host}/7?mode={mode}");
+        let url = format!("redis://{user}:secret@{}/7?mode={mode}", host_port());
         let broker = polybus::connect_url(&url).await.unwrap();
         let topic = unique("signed-in");
         let group = unique("readers");
@@ -786,44 +805,17 @@ async fn blocking_reads_sign_in_as_the_url_s_user_on_its_database() {
         assert_eq!(in_db0, 0, "{mode}: nothing written to database 0");
         sub.close().await.unwrap();
     }
-    let _: () = redis::cmd("ACL")
-        .arg("DELUSER")
-        .arg(&user)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    drop_user(&mut admin, &user).await;
 }
 
 /// A user refused the CLIENT commands (an ACL, a managed service) still publishes and reads:
 /// naming a connection and learning its id are optional.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_user_without_the_client_commands_publishes_and_reads() {
-    let user = unique("noclient");
     let mut admin = plain().await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg(&user)
-        .arg("on")
-        .arg(">secret")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .arg("-client")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let host = address();
-    let host = host
-        .trim_start_matches("redis://")
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let user = acl_user(&mut admin, &["+@all", "-client"]).await;
     for mode in ["streams", "list"] {
-        let url = format!("redis://{user}:secret@{host}/0?mode={mode}");
+        let url = format!("redis://{user}:secret@{}/0?mode={mode}", host_port());
         let broker = polybus::connect_url(&url).await.unwrap();
         let topic = unique("no-client");
         let mut sub = broker
@@ -839,10 +831,5 @@ async fn a_user_without_the_client_commands_publishes_and_reads() {
         delivery.ack().await.unwrap();
         sub.close().await.unwrap();
     }
-    let _: () = redis::cmd("ACL")
-        .arg("DELUSER")
-        .arg(&user)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    drop_user(&mut admin, &user).await;
 }
