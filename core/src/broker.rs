@@ -152,10 +152,10 @@ impl std::str::FromStr for StartPosition {
     }
 }
 
-/// What to subscribe to and how.
 /// The prefetch of a [`SubscriptionSpec`] unless set, and of every backend but Kafka.
 pub const DEFAULT_PREFETCH: usize = 100;
 
+/// What to subscribe to and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriptionSpec {
     /// Topics to read (patterns where [`Capabilities::pattern_subscriptions`] allows).

@@ -487,11 +487,11 @@ impl Dispatcher {
             Box::pin(self.unclaim(claim)).await;
         }
         let settled = match outcome {
-            None => {
-                Box::pin(self.give_back(delivery)).await;
-                return;
-            }
-            Some(Ok(Err(err))) if err.not_handled => {
+            // Stopped before it finished, or never started: it goes back as it came.
+            None
+            | Some(Ok(Err(HandlerError {
+                not_handled: true, ..
+            }))) => {
                 Box::pin(self.give_back(delivery)).await;
                 return;
             }

@@ -10,7 +10,7 @@
 //!
 //! Acknowledgements wait (at most [`GATHER`]) until a quarter of the channel's prefetch is
 //! acknowledged, so they go as one frame rather than a frame per slice a consumer happened to
-//! settle together; with a prefetch below 4 they go at once.
+//! settle together; with a prefetch below 8 they go at once.
 //!
 //! Why: each frame lapin sends costs hand-offs between threads, and each one the broker takes
 //! costs it a round of work on the channel and the queue, and gives it credit for a few more
@@ -21,13 +21,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use futures::future::join_all;
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// The longest an acknowledgement waits for others to share its frame.
 const GATHER: Duration = Duration::from_millis(2);

@@ -157,14 +157,7 @@ type Entry = (String, Option<Vec<Bytes>>);
 fn entry_of(value: Value) -> Option<Entry> {
     let mut parts = items_of(value).into_iter();
     let id = text_of(&parts.next()?)?;
-    let fields = match parts.next() {
-        Some(Value::Array(fields)) => Some(entry_fields(fields)),
-        Some(Value::Map(pairs)) => Some(entry_fields(
-            pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        )),
-        _ => None,
-    };
-    Some((id, fields))
+    Some((id, parts.next().and_then(entry_fields)))
 }
 
 /// The entries of an `XRANGE` reply.

@@ -91,13 +91,13 @@ impl DirectConnection {
         if let Err(err) = conn
             .query(::redis::cmd("CLIENT").arg("SETNAME").arg(name))
             .await
-            && err.code().is_none()
+            && !answered(&err)
         {
             return Err(err);
         }
         match conn.query(::redis::cmd("CLIENT").arg("ID")).await {
             Ok(Reply::Int(id)) => conn.client_id = Some(id),
-            Err(err) if err.code().is_none() => return Err(err),
+            Err(err) if !answered(&err) => return Err(err),
             _ => {}
         }
         Ok(conn)
@@ -141,6 +141,12 @@ async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     let stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// True when `err` is the server's error reply (it answered: the connection is in step), not a
+/// failure to reach it or read it.
+fn answered(err: &RedisError) -> bool {
+    err.code().is_some()
 }
 
 /// The redis-rs error for an error reply (its code, such as `NOGROUP`, kept).
@@ -194,8 +200,8 @@ impl DirectPool {
             None => DirectConnection::open(&self.info, &self.name, self.connect_timeout).await?,
         };
         let reply = within(self.response_timeout, conn.query(cmd)).await;
-        // An error reply leaves the connection in step; anything else may not.
-        if reply.is_ok() || reply.as_ref().is_err_and(|err| err.code().is_some()) {
+        // A reply, even an error reply, leaves the connection in step; anything else may not.
+        if reply.as_ref().map_or_else(answered, |_| true) {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < POOL_IDLE {
                 idle.push(conn);

@@ -185,16 +185,19 @@ fn foreign_entry(topic: &str, entry_id: &str, timestamp_ms: i64, fields: Vec<Byt
     }
 }
 
-/// The fields of an entry redis-rs read (names and values, one after the other), their bytes
-/// taken over.
-pub(super) fn entry_fields(values: Vec<Value>) -> Vec<Bytes> {
-    values
-        .into_iter()
-        .map(|value| match value {
-            Value::BulkString(bytes) => Bytes::from(bytes),
-            other => Bytes::from(text_of(&other).unwrap_or_default()),
-        })
-        .collect()
+/// The fields of an entry redis-rs read (names and values, one after the other, from an array
+/// or a RESP3 map), their bytes taken over; `None` when the entry has none (deleted).
+pub(super) fn entry_fields(fields: Value) -> Option<Vec<Bytes>> {
+    let values = match fields {
+        Value::Array(values) => values,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let bytes = values.into_iter().map(|value| match value {
+        Value::BulkString(bytes) => Bytes::from(bytes),
+        other => Bytes::from(text_of(&other).unwrap_or_default()),
+    });
+    Some(bytes.collect())
 }
 
 /// Bytes as text (invalid sequences become U+FFFD).
@@ -844,14 +847,7 @@ impl Shared {
 fn entry_of(entry: Value) -> Option<(String, Vec<Bytes>)> {
     let mut parts = items_of(entry).into_iter();
     let id = text_of(&parts.next()?)?;
-    match parts.next()? {
-        Value::Array(fields) => Some((id, entry_fields(fields))),
-        Value::Map(pairs) => Some((
-            id,
-            entry_fields(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
-        )),
-        _ => None,
-    }
+    Some((id, entry_fields(parts.next()?)?))
 }
 
 /// An entry of a stream read: its id and fields (an entry deleted meanwhile has none).
