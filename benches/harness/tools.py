@@ -232,9 +232,10 @@ def rust_command(run: Run, url: str) -> Union[Command, str]:
             return "redis-benchmark is not installed (apt-get install redis-tools)"
         host_port = url.split("://", 1)[1].split("/", 1)[0]
         host, _, port = host_port.partition(":")
-        # Never more in the pipeline than requests: redis-benchmark then aborts at random
-        # ("All clients disconnected"), as smoke runs of 200 showed.
-        pipeline = "1" if name.endswith("-single") else str(min(1000, n))
+        # 1000 in the pipeline, but at least 100 round trips: with more in the pipeline than
+        # requests it aborts at random ("All clients disconnected"), and a run of one round
+        # trip can take less than its millisecond clock (a smoke run's 200 requests).
+        pipeline = "1" if name.endswith("-single") else str(min(1000, max(1, n // 100)))
         argv = [tool, "-h", host, "-p", port or "6379", "-c", "1", "-n", str(n), "-P", pipeline]
         argv += ["--csv", "LPUSH", run.topic, "x" * size]
         return Command(argv, parser="redis-benchmark")
