@@ -102,7 +102,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "python",
         "rabbitmq",
         "produce",
-        "Python, RabbitMQ confirmed persistent publish",
+        "Python, RabbitMQ confirmed persistent publish to a topic exchange (mandatory)",
         (
             _p("polybus-batch", PY_BATCH),
             _p("polybus-send", PY_SEND),
@@ -196,7 +196,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "php",
         "rabbitmq",
         "produce",
-        "PHP, RabbitMQ confirmed persistent publish",
+        "PHP, RabbitMQ confirmed persistent publish to a topic exchange (mandatory)",
         (
             _p("polybus", "`publish` per message (returns once confirmed)", ONE_AT_A_TIME),
             _p("polybus-batch", "`publishBatch` per 1000 messages"),

@@ -5,8 +5,12 @@
  *
  *   php rabbitmq_bench.php produce|consume --impl IMPL --url amqp://... --topic T ...
  *
- * Every implementation publishes persistent JSON messages with publisher confirms into a durable
- * queue (`<topic>.g`) and consumes with manual acknowledgements after the handler.
+ * Every implementation publishes the same AMQP message with publisher confirms: persistent JSON to
+ * the durable topic exchange `polybus` with the topic as routing key, `mandatory` (an unroutable
+ * message is an error, not dropped), a message id, a timestamp and two headers (the millisecond
+ * timestamp and the topic), as Polybus does and as a hand-written producer does
+ * (`../shared/reference/002_*`). The exchange routes to the durable queue `<topic>.g`, consumed
+ * with manual acknowledgements after the handler.
  * Producers: `polybus` (`publish`, which returns once the broker confirmed), `polybus-batch`
  * (`publishBatch` per 1000), `php-amqplib` / `php-amqp` (publish, then wait for the confirm,
  * per message), `php-amqplib-batch` / `php-amqp-batch` (1000 publishes, then wait for their
@@ -19,6 +23,40 @@ declare(strict_types=1);
 require __DIR__ . '/common.php';
 
 const PREFETCH = 100;
+
+/** The exchange Polybus publishes to by default (durable, topic). */
+const EXCHANGE = 'polybus';
+
+/** A random (version 4) UUID, as a hand-written producer sets for `message_id`. */
+function uuid4(): string
+{
+    $b = random_bytes(16);
+    $b[6] = chr(ord($b[6]) & 0x0f | 0x40);
+    $b[8] = chr(ord($b[8]) & 0x3f | 0x80);
+    return vsprintf('%s%s-%s-%s-%s-%s%s%s', str_split(bin2hex($b), 4));
+}
+
+/**
+ * The properties of one message (what Polybus sends): content type, persistent, message id,
+ * timestamp in seconds, app id, and the headers `polybus-timestamp` (milliseconds) and
+ * `polybus-topic`.
+ *
+ * @return array{array<string, mixed>, array<string, mixed>} properties, headers
+ */
+function amqp_properties(string $topic): array
+{
+    $ms = (int) (microtime(true) * 1000);
+    return [
+        [
+            'content_type' => 'application/json',
+            'delivery_mode' => 2,
+            'message_id' => uuid4(),
+            'timestamp' => intdiv($ms, 1000),
+            'app_id' => 'polybus',
+        ],
+        ['polybus-timestamp' => $ms, 'polybus-topic' => $topic],
+    ];
+}
 
 /** @return array{host: string, port: int, login: string, password: string, vhost: string} */
 function amqp_parts(string $url): array
@@ -72,14 +110,18 @@ function amqplib_producer(array $args, bool $batch): array
     $channel->set_nack_handler(static function (): void {
         throw new RuntimeException('the broker nacked a message');
     });
-    $queue = $args['topic'] . '.g';
-    $channel->queue_declare($queue, false, true, false, false);
-    $publish = static function (array $m) use ($channel, $queue): void {
-        $message = new PhpAmqpLib\Message\AMQPMessage(json_encode($m), [
-            'content_type' => 'application/json',
-            'delivery_mode' => PhpAmqpLib\Message\AMQPMessage::DELIVERY_MODE_PERSISTENT,
-        ]);
-        $channel->basic_publish($message, '', $queue);
+    $channel->set_return_listener(static function (): void {
+        throw new RuntimeException('the broker returned an unroutable message');
+    });
+    $topic = $args['topic'];
+    $channel->exchange_declare(EXCHANGE, 'topic', false, true, false);
+    $channel->queue_declare("$topic.g", false, true, false, false);
+    $channel->queue_bind("$topic.g", EXCHANGE, $topic);
+    $publish = static function (array $m) use ($channel, $topic): void {
+        [$properties, $headers] = amqp_properties($topic);
+        $properties['application_headers'] = new PhpAmqpLib\Wire\AMQPTable($headers);
+        $message = new PhpAmqpLib\Message\AMQPMessage(json_encode($m), $properties);
+        $channel->basic_publish($message, EXCHANGE, $topic, true);
     };
     $body = bench_message($args['size']);
     $produce = static function (int $count) use ($channel, $publish, $body, $batch): void {
@@ -125,17 +167,23 @@ function amqp_ext_producer(array $args, bool $batch): array
             throw new RuntimeException('the broker nacked a message');
         }
     );
+    $channel->setReturnCallback(static function (): bool {
+        throw new RuntimeException('the broker returned an unroutable message');
+    });
+    $topic = $args['topic'];
+    $exchange = new AMQPExchange($channel);
+    $exchange->setName(EXCHANGE);
+    $exchange->setType(AMQP_EX_TYPE_TOPIC);
+    $exchange->setFlags(AMQP_DURABLE);
+    $exchange->declareExchange();
     $queue = new AMQPQueue($channel);
-    $queue->setName($args['topic'] . '.g');
+    $queue->setName("$topic.g");
     $queue->setFlags(AMQP_DURABLE);
     $queue->declareQueue();
-    $exchange = new AMQPExchange($channel);
-    $name = $queue->getName();
-    $publish = static function (array $m) use ($exchange, $name, &$outstanding, &$next): void {
-        $exchange->publish(json_encode($m), $name, AMQP_NOPARAM, [
-            'content_type' => 'application/json',
-            'delivery_mode' => AMQP_DURABLE,
-        ]);
+    $queue->bind(EXCHANGE, $topic);
+    $publish = static function (array $m) use ($exchange, $topic, &$outstanding, &$next): void {
+        [$properties, $headers] = amqp_properties($topic);
+        $exchange->publish(json_encode($m), $topic, AMQP_MANDATORY, $properties + ['headers' => $headers]);
         $outstanding[$next++] = true;
     };
     $confirm = static function () use ($channel, &$outstanding): void {

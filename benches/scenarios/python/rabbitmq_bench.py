@@ -1,10 +1,13 @@
 """RabbitMQ from Python: Polybus against aio-pika and FastStream, confirmed and persistent.
 
 ``rabbitmq_bench.py produce|consume --impl IMPL ...`` (see ``_common`` for the other
-arguments). Every implementation publishes persistent messages with publisher confirms into a
-durable queue (``<topic>.g``) and consumes with manual acknowledgements after the handler.
+arguments). Every implementation publishes the same AMQP message with publisher confirms:
+persistent JSON to the durable topic exchange ``polybus`` with the topic as routing key,
+``mandatory``, a message id, a timestamp and the headers ``polybus-timestamp`` (milliseconds)
+and ``polybus-topic``, as Polybus does. The exchange routes to the durable queue
+``<topic>.g``, consumed with manual acknowledgements after the handler.
 Producers: ``polybus-batch``, ``polybus-send`` (see ``_driver.PolybusProducer``), ``aio-pika``
-(``default_exchange.publish`` on a channel with publisher confirms, gathered 1000 at a time),
+(``Exchange.publish`` on a channel with publisher confirms, gathered 1000 at a time),
 ``faststream`` (``RabbitBroker.publish(persist=True)``, gathered 1000 at a time); each keeps 4
 chunks of 1000 in flight.
 Consumers: ``polybus`` (``RabbitMQConsumer``, prefetch 100), ``aio-pika`` (``queue.consume``
@@ -16,12 +19,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
+import uuid
 from typing import Any
 
 import _common as c
 from _driver import Consumer, PolybusConsumer, PolybusProducer, Producer, main
 
 PREFETCH = 100
+
+EXCHANGE = "polybus"
+"""The exchange Polybus publishes to by default (durable, topic)."""
+
+
+def headers(topic: str) -> dict[str, Any]:
+    """The headers Polybus sends beside the payload."""
+    return {"polybus-timestamp": int(time.time() * 1000), "polybus-topic": topic}
 
 
 def amqp_url(url: str) -> str:
@@ -35,16 +48,25 @@ class AioPikaProducer(Producer):
         self.aio_pika = aio_pika
         self.connection = await aio_pika.connect_robust(amqp_url(self.args.url))
         self.channel = await self.connection.channel(publisher_confirms=True)
-        self.queue = f"{self.args.topic}.g"
-        await self.channel.declare_queue(self.queue, durable=True)
+        topic = self.args.topic
+        self.exchange = await self.channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await self.channel.declare_queue(f"{topic}.g", durable=True)
+        await queue.bind(self.exchange, routing_key=topic)
 
     def _publish(self, body: dict[str, Any]) -> Any:
+        topic = self.args.topic
         message = self.aio_pika.Message(
             c.encode(body),
             content_type="application/json",
             delivery_mode=self.aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(uuid.uuid4()),
+            timestamp=int(time.time()),
+            app_id="polybus",
+            headers=headers(topic),
         )
-        return self.channel.default_exchange.publish(message, routing_key=self.queue)
+        return self.exchange.publish(message, routing_key=topic, mandatory=True)
 
     async def produce(self, count: int) -> None:
         body = c.message(self.args.size)
@@ -59,26 +81,34 @@ class AioPikaProducer(Producer):
 
 class FaststreamProducer(Producer):
     async def open(self) -> None:
-        from faststream.rabbit import RabbitBroker, RabbitQueue
+        from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
         self.broker = RabbitBroker(amqp_url(self.args.url), logger=None)
         await self.broker.start()
-        self.queue = RabbitQueue(f"{self.args.topic}.g", durable=True)
-        await self.broker.declare_queue(self.queue)
+        topic = self.args.topic
+        self.exchange = RabbitExchange(EXCHANGE, type=ExchangeType.TOPIC, durable=True)
+        exchange = await self.broker.declare_exchange(self.exchange)
+        queue = await self.broker.declare_queue(RabbitQueue(f"{topic}.g", durable=True))
+        await queue.bind(exchange, routing_key=topic)
+
+    def _publish(self, body: dict[str, Any]) -> Any:
+        # FastStream sets a message id (a UUID) itself; mandatory is its default.
+        topic = self.args.topic
+        return self.broker.publish(
+            body,
+            exchange=self.exchange,
+            routing_key=topic,
+            persist=True,
+            timestamp=int(time.time()),
+            headers=headers(topic),
+        )
 
     async def produce(self, count: int) -> None:
         body = c.message(self.args.size)
-        await c.in_flight(
-            count,
-            lambda n: asyncio.gather(
-                *(self.broker.publish(body, queue=self.queue, persist=True) for _ in range(n))
-            ),
-        )
+        await c.in_flight(count, lambda n: asyncio.gather(*(self._publish(body) for _ in range(n))))
 
     def send(self, body: dict[str, Any]) -> None:
-        self.pending.append(
-            asyncio.ensure_future(self.broker.publish(body, queue=self.queue, persist=True))
-        )
+        self.pending.append(asyncio.ensure_future(self._publish(body)))
 
     async def close(self) -> None:
         await self.broker.stop()
