@@ -293,3 +293,76 @@ async fn a_dead_letter_topic_is_read_by_a_group_named_after_it() {
         .unwrap();
     assert_eq!(next_payload(&mut sub).await, "poison");
 }
+
+/// `rabbitmqctl` against the test broker (through the provisioning script); its output.
+fn rabbitmqctl(args: &[&str]) -> String {
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let script = std::path::PathBuf::from(manifest_dir).join("../scripts/broker-rabbitmq.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("running rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Single publishes use connections of their own (named `polybus-publisher (direct)`), at most
+/// four at once (more callers share the lapin channel); one the broker closed while it sat idle
+/// is replaced, and the publish goes through. Each is found by a user of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_publishes_survive_their_idle_connection_being_closed() {
+    let user = unique("user");
+    rabbitmqctl(&["add_user", &user, "secret"]);
+    rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    let url = amqp_url().replacen("guest:guest@", &format!("{user}:secret@"), 1);
+    let broker = match BrokerConfig::parse(&url).unwrap() {
+        BrokerConfig::RabbitMq(config) => RabbitMqBroker::new(&config).unwrap(),
+        other => panic!("not an AMQP URL: {other}"),
+    };
+    let topic = unique("single");
+    let mut sub = broker
+        .subscribe(SubscriptionSpec::new(
+            [topic.as_str()],
+            format!("{topic}.g"),
+        ))
+        .await
+        .unwrap();
+    let publishes = (0..40).map(|n| broker.publish(Message::text(&topic, n.to_string())));
+    for receipt in futures::future::join_all(publishes).await {
+        receipt.unwrap();
+    }
+    let direct: Vec<String> =
+        rabbitmqctl(&["-q", "list_connections", "pid", "user", "client_properties"])
+            .lines()
+            .filter(|line| line.contains(&format!("\t{user}\t")) && line.contains("(direct)"))
+            .map(|line| line.split('\t').next().unwrap_or_default().to_owned())
+            .collect();
+    assert!(
+        (1..=4).contains(&direct.len()),
+        "between 1 and 4 direct connections, not {}",
+        direct.len()
+    );
+    for pid in &direct {
+        rabbitmqctl(&["close_connection", pid, "closed by a test"]);
+    }
+    broker
+        .publish(Message::text(&topic, "after the close"))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..41 {
+        got.push(next_payload(&mut sub).await);
+    }
+    assert!(got.contains(&"after the close".to_owned()));
+    nothing_more(&mut sub).await;
+    sub.close().await.unwrap();
+    rabbitmqctl(&["delete_user", &user]);
+}

@@ -833,3 +833,65 @@ async fn a_user_without_the_client_commands_publishes_and_reads() {
     }
     drop_user(&mut admin, &user).await;
 }
+
+/// The ids of the connections `user` has open under the name `name`.
+async fn clients_of(
+    admin: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    name: &str,
+) -> Vec<String> {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(admin)
+        .await
+        .unwrap();
+    clients
+        .lines()
+        .filter(|line| line.contains(&format!(" user={user} ")))
+        .filter(|line| line.contains(&format!(" name={name} ")))
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|part| part.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Single publishes use connections of their own, at most four at once (more callers share
+/// the multiplexed connection); one the server closed while it sat idle is replaced, and the
+/// publish goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_publishes_survive_their_idle_connection_being_closed() {
+    let mut admin = plain().await;
+    let user = acl_user(&mut admin, &["+@all"]).await;
+    let url = format!("redis://{user}:secret@{}/0?mode=list", host_port());
+    let broker = polybus::connect_url(&url).await.unwrap();
+    let topic = unique("single");
+    let publishes = (0..40).map(|n| broker.publish(Message::text(&topic, n.to_string())));
+    for receipt in futures::future::join_all(publishes).await {
+        receipt.unwrap();
+    }
+    let kept = clients_of(&mut admin, &user, "polybus-publisher").await;
+    assert!(
+        (1..=4).contains(&kept.len()),
+        "between 1 and 4 publishing connections, not {}",
+        kept.len()
+    );
+    for id in &kept {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    broker
+        .publish(Message::text(&topic, "after the kill"))
+        .await
+        .unwrap();
+    let length: i64 = admin.llen(&topic).await.unwrap();
+    assert_eq!(length, 41, "every publish is in the list");
+    let _: i64 = admin.del(&topic).await.unwrap();
+    drop_user(&mut admin, &user).await;
+}

@@ -1,5 +1,7 @@
 //! Broker backends, one module each, and [`connect`] to pick one from a configuration.
 
+#[cfg(any(feature = "rabbitmq", feature = "redis"))]
+mod direct_pool;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;

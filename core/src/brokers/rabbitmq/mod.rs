@@ -17,6 +17,7 @@ mod acks;
 mod admin;
 mod codec;
 mod consumer;
+mod direct;
 mod link;
 mod topology;
 
@@ -82,6 +83,8 @@ pub(crate) struct Shared {
     queue_type: QueueType,
     prefetch: Option<u16>,
     publish_link: Link,
+    /// Connections of its own for publishes a caller awaits one at a time (plain TCP only).
+    direct: Option<direct::DirectPublisher>,
     consume_link: Link,
     publish_channel: Mutex<Option<Channel>>,
     /// Everything declared so far, declared again on every new channel.
@@ -155,6 +158,12 @@ impl RabbitMqBroker {
                     "polybus-publisher",
                     connect_timeout,
                 ),
+                direct: direct::DirectPublisher::new(
+                    config,
+                    &target,
+                    "polybus-publisher (direct)",
+                    connect_timeout,
+                ),
                 consume_link: Link::new(uri, target.clone(), "polybus-consumer", connect_timeout),
                 publish_channel: Mutex::new(None),
                 topology: std::sync::Mutex::new(topology),
@@ -180,8 +189,9 @@ impl RabbitMqBroker {
         message: Message,
     ) -> Result<PublishReceipt> {
         message.validate()?;
-        let confirm = self.shared.send(exchange, routing_key, &message, 1).await?;
-        self.shared.confirmed(confirm, routing_key).await?;
+        self.shared
+            .publish_one(exchange, routing_key, &message)
+            .await?;
         Ok(PublishReceipt {
             id: message.id,
             ..Default::default()
@@ -310,6 +320,33 @@ impl Shared {
             return Err(Error::Closed("rabbitmq broker"));
         }
         self.publish_channel().await
+    }
+
+    /// Publishes one message and waits for its confirmation: on a direct connection when one
+    /// is free (no hand-offs to lapin's I/O thread), else on the shared channel.
+    async fn publish_one(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<()> {
+        if let Some(direct) = &self.direct {
+            // The shared channel declares (and after a reconnect declares again) the exchange
+            // and the queues the direct connection publishes to.
+            self.publish_ready().await?;
+            let publish = direct::Publish {
+                exchange,
+                routing_key,
+                mandatory: self.mandatory,
+                payload: &message.payload,
+                properties: codec::properties(message, 1),
+            };
+            if let Some(result) = direct.publish(publish, self.confirm_timeout).await {
+                return result;
+            }
+        }
+        let confirm = self.send(exchange, routing_key, message, 1).await?;
+        self.confirmed(confirm, routing_key).await
     }
 
     /// Sends one message; the returned future resolves with the broker's confirmation.
@@ -445,6 +482,11 @@ impl Publisher for RabbitMqBroker {
     }
 
     async fn publish_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishReceipt>> {
+        // One message (an awaited `send` from Python) takes the direct way of a single publish.
+        let messages = match <[Message; 1]>::try_from(messages) {
+            Ok([message]) => return vec![self.publish(message).await],
+            Err(messages) => messages,
+        };
         // A window of messages at a time: every frame of the window is queued on the channel in
         // one pass (in order), lapin writes them together, then the window's confirmations are
         // awaited together. No message waits a round trip, or a socket write, of its own.
@@ -536,6 +578,9 @@ impl Publisher for RabbitMqBroker {
 
     async fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::Release);
+        if let Some(direct) = &self.shared.direct {
+            direct.clear();
+        }
         self.shared.publish_link.close().await;
         self.shared.consume_link.close().await;
         Ok(())

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::resp::{self, Reply};
+use crate::brokers::direct_pool::DirectPool;
 
 /// A byte stream to the server: TCP, or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -161,53 +162,67 @@ fn server_error(text: &[u8]) -> RedisError {
     }
 }
 
-/// Connections for commands whose caller waits for each reply (a single publish): each caller
-/// takes one of its own, so a command is one write and one read on the caller's task, without
-/// the hand-offs of redis-rs' multiplexed connection (~5 µs a round trip on a local server).
-pub(super) struct DirectPool {
+/// Connections for commands whose caller waits for each reply (a single publish): a command
+/// is one write and one read on the caller's task, without the hand-offs of redis-rs'
+/// multiplexed connection (~5 µs a round trip on a local server).
+pub(super) struct Singles {
     info: ConnectionInfo,
     name: String,
     connect_timeout: Duration,
     response_timeout: Duration,
-    idle: std::sync::Mutex<Vec<DirectConnection>>,
+    pool: DirectPool<DirectConnection>,
 }
 
-/// Idle connections kept; a caller finding none opens another.
+/// Callers holding a connection at once, and idle connections kept.
+const IN_USE: usize = 4;
 const POOL_IDLE: usize = 4;
 
-impl DirectPool {
+impl Singles {
     pub fn new(
         info: ConnectionInfo,
         name: &str,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
-        DirectPool {
+        Singles {
             info,
             name: name.to_owned(),
             connect_timeout,
             response_timeout,
-            idle: std::sync::Mutex::new(Vec::new()),
+            pool: DirectPool::new(IN_USE, POOL_IDLE, None),
         }
     }
 
-    /// Runs `cmd` on an idle connection (or a new one). A connection that failed is dropped,
-    /// so the next command starts on a fresh one.
-    pub async fn query(&self, cmd: &Cmd) -> RedisResult<Reply> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => DirectConnection::open(&self.info, &self.name, self.connect_timeout).await?,
+    /// Runs `cmd` on a connection of its own, or `None` when [`IN_USE`] callers hold one (the
+    /// caller uses the multiplexed connection). A connection that failed is dropped; one that
+    /// failed on its first use after sitting idle (the server closed it) is replaced and the
+    /// command sent once more.
+    pub async fn query(&self, cmd: &Cmd) -> Option<RedisResult<Reply>> {
+        let mut lease = self.pool.lease()?;
+        let (mut conn, reused) = match lease.idle() {
+            Some(conn) => (conn, true),
+            None => match self.open().await {
+                Ok(conn) => (conn, false),
+                Err(err) => return Some(Err(err)),
+            },
         };
-        let reply = within(self.response_timeout, conn.query(cmd)).await;
+        let mut reply = within(self.response_timeout, conn.query(cmd)).await;
+        if reused && reply.as_ref().is_err_and(|err| err.is_io_error()) {
+            conn = match self.open().await {
+                Ok(conn) => conn,
+                Err(err) => return Some(Err(err)),
+            };
+            reply = within(self.response_timeout, conn.query(cmd)).await;
+        }
         // A reply, even an error reply, leaves the connection in step; anything else may not.
         if reply.as_ref().map_or_else(answered, |_| true) {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < POOL_IDLE {
-                idle.push(conn);
-            }
+            lease.keep(conn);
         }
-        reply
+        Some(reply)
+    }
+
+    async fn open(&self) -> RedisResult<DirectConnection> {
+        DirectConnection::open(&self.info, &self.name, self.connect_timeout).await
     }
 }
 

@@ -110,7 +110,7 @@ struct Inner {
     client: Client,
     manager: ConnectionManager,
     /// Connections for single publishes.
-    singles: direct::DirectPool,
+    singles: direct::Singles,
     closed: AtomicBool,
 }
 
@@ -141,7 +141,7 @@ impl RedisBroker {
         tracing::debug!(target_url = %settings.target, mode = settings.mode.as_str(), "connected to redis");
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                singles: direct::DirectPool::new(
+                singles: direct::Singles::new(
                     client.get_connection_info().clone(),
                     "polybus-publisher",
                     settings.connection_timeout,
@@ -223,14 +223,18 @@ impl Publisher for RedisBroker {
         self.ensure_open()?;
         message.validate()?;
         // On a connection of its own: a caller awaiting each publish pays one write and one
-        // read, not the multiplexer's hand-offs.
-        let reply = self
-            .inner
-            .singles
-            .query(&self.publish_command(&message))
-            .await
-            .map_err(|err| self.inner.error(err))?;
-        Ok(self.receipt(&message, &reply.into_value()))
+        // read, not the multiplexer's hand-offs. Many callers at once share the multiplexer.
+        let command = self.publish_command(&message);
+        let reply = match self.inner.singles.query(&command).await {
+            Some(reply) => reply.map(resp::Reply::into_value),
+            None => {
+                command
+                    .query_async::<Value>(&mut self.inner.manager())
+                    .await
+            }
+        }
+        .map_err(|err| self.inner.error(err))?;
+        Ok(self.receipt(&message, &reply))
     }
 
     /// Sends every valid message in one pipeline: one round trip for the whole batch. In list
