@@ -10,14 +10,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import subprocess
+import time
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from .tools import CACHE, URLS
 
 PARTITIONS = 4
+
+
+QUIET_SHARE = 0.10
+"""A broker is quiet when it uses less than this share of one core."""
+
+
+def server_pid(broker: str) -> Optional[int]:
+    """The pid of the local server behind ``broker`` (``redis-list`` -> Redis), from the pid
+    file its provisioning script writes, or ``None``."""
+    name = "redis" if broker.startswith("redis") else broker
+    try:
+        return int((CACHE / name / f"{name}.pid").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cpu(pid: int) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_quiet(broker: str, timeout: float = 15.0, window: float = 0.5) -> float:
+    """Waits (at most ``timeout``) until ``broker``'s server is quiet (the previous run's
+    clean-up done) and returns the seconds waited."""
+    pid = server_pid(broker)
+    started = time.monotonic()
+    while pid and time.monotonic() - started < timeout:
+        before = _cpu(pid)
+        time.sleep(window)
+        after = _cpu(pid)
+        if before is None or after is None or after - before < QUIET_SHARE * window:
+            break
+    return time.monotonic() - started
 
 
 def _bootstrap() -> str:

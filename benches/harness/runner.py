@@ -81,8 +81,14 @@ def execute(run: Run) -> Record:
     except Exception as err:
         record.status, record.reason = "failed", f"could not prepare the broker: {err}"
         return record
+    # Every run starts on a quiet broker and can wait for it again between its own phases.
+    pid = brokers.server_pid(broker)
+    if pid:
+        cmd.env["BENCH_BROKER_PID"] = str(pid)
+    waited = brokers.wait_quiet(broker)
     try:
         _measure(cmd, run.timeout, record)
+        record.process["broker_quiet_wait_s"] = round(waited, 2)
     finally:
         complaint = brokers.cleanup(broker, run.topic)
         if complaint:

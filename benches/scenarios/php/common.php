@@ -251,6 +251,39 @@ interface BenchConsumer
     public function stop(): void;
 }
 
+/** The broker is quiet when it uses less than this share of one core. */
+const QUIET_SHARE = 0.10;
+
+/** CPU seconds process `$pid` has used, or null when it cannot be read. */
+function bench_process_cpu(int $pid): ?float
+{
+    $stat = @file_get_contents("/proc/$pid/stat");
+    if ($stat === false) {
+        return null;
+    }
+    $fields = preg_split('/\s+/', trim(substr($stat, strrpos($stat, ')') + 1)));
+    return ((int) $fields[11] + (int) $fields[12]) / 100.0; // USER_HZ is 100 on Linux
+}
+
+/**
+ * Waits (at most `$timeout` s) until the broker's process (BENCH_BROKER_PID, set by the
+ * harness) is quiet, so a timed phase does not start while it still works off the previous one:
+ * every implementation starts on an equally idle broker.
+ */
+function bench_broker_quiet(float $timeout = 15.0, float $window = 0.5): void
+{
+    $pid = (int) (getenv('BENCH_BROKER_PID') ?: 0);
+    $deadline = microtime(true) + $timeout;
+    while ($pid > 0 && microtime(true) < $deadline) {
+        $before = bench_process_cpu($pid);
+        usleep((int) ($window * 1e6));
+        $after = bench_process_cpu($pid);
+        if ($before === null || $after === null || $after - $before < QUIET_SHARE * $window) {
+            return;
+        }
+    }
+}
+
 /**
  * The three phases of a consume scenario; `$make()` returns a new BenchConsumer.
  */
@@ -269,6 +302,7 @@ function bench_consume(array $args, callable $make): void
     $pacer->wait(30);
     $filler = new Helper($args, 'fill');
     $filler->wait($args['timeout']);
+    bench_broker_quiet();
     bench_reset_peak_rss();
     $cpu = bench_cpu();
     $consumer = $make();

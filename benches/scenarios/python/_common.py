@@ -112,6 +112,34 @@ async def in_flight(
 # Process measurements.
 
 
+QUIET_SHARE = 0.10
+"""The broker is quiet when it uses less than this share of one core."""
+
+
+def _process_cpu(pid: int) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def broker_quiet(timeout: float = 15.0, window: float = 0.5) -> None:
+    """Waits (at most ``timeout``) until the broker's process (``BENCH_BROKER_PID``, set by
+    the harness) is quiet, so a timed phase does not start while it still works off the
+    previous one (a backlog just written, topics just deleted): every implementation starts
+    on an equally idle broker."""
+    pid = int(os.environ.get("BENCH_BROKER_PID") or 0)
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline:
+        before = _process_cpu(pid)
+        await asyncio.sleep(window)
+        after = _process_cpu(pid)
+        if before is None or after is None or after - before < QUIET_SHARE * window:
+            return
+
+
 def cpu_seconds() -> float:
     """CPU time of this process, every thread, user and system."""
     return time.process_time()

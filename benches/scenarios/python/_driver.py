@@ -183,6 +183,7 @@ async def consume(
     filler = c.Helper(args, "fill")
     await c.await_until(filler.done, args.timeout, "the filler")
     filler.check()
+    await c.broker_quiet()
     c.reset_peak_rss()
     cpu = c.cpu_seconds()
     started = time.perf_counter()
