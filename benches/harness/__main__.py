@@ -23,7 +23,7 @@ from typing import Optional
 
 from . import brokers, machine, report
 from .catalog import select
-from .runner import Record, execute
+from .runner import Record, execute, warm_up
 from .tools import BENCHES, Run
 
 SMOKE = {"messages": 200, "latency_messages": 20, "latency_rate": 200.0, "idle": 0.2}
@@ -130,9 +130,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     info = machine.describe()
     started = time.time()
     records: list[Record] = []
+    warmed: set[str] = set()
     for i, run in enumerate(runs, 1):
+        server = brokers.broker_of(run.scenario.broker)
+        if not opts.smoke and up.get(server, False) and server not in warmed:
+            warmed.add(server)
+            broker = "redis-list" if server == "redis" else server
+            print(f"bench: warming {server} up", file=sys.stderr, flush=True)
+            complaint = warm_up(broker, f"bench.{run_id}.warm-up.{server}")
+            if complaint:
+                print(f"bench: {complaint}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        if not up.get(brokers.broker_of(run.scenario.broker), False):
+        if not up.get(server, False):
             record = Record(
                 run.scenario.name,
                 run.impl.name,
