@@ -366,3 +366,80 @@ async fn single_publishes_survive_their_idle_connection_being_closed() {
     sub.close().await.unwrap();
     rabbitmqctl(&["delete_user", &user]);
 }
+
+/// A publish finding its exchange deleted fails (the broker closes the channel: 404); the next
+/// one declares the broker's topology again and goes through to the group's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_exchange_is_declared_again_after_one_failed_publish() {
+    let exchange = unique("exchange");
+    let broker = broker_with(&format!("?exchange={exchange}"));
+    let topic = unique("redeclared");
+    let mut sub = broker
+        .subscribe(SubscriptionSpec::new(
+            [topic.as_str()],
+            format!("{topic}.g"),
+        ))
+        .await
+        .unwrap();
+    broker
+        .publish(Message::text(&topic, "before"))
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut sub).await, "before");
+    // lapin reads an empty path as the empty vhost; the default one is `%2f`.
+    let mut url = amqp_url();
+    if url.ends_with('/') {
+        url.push_str("%2f");
+    }
+    let admin = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let err = broker
+        .publish(Message::text(&topic, "lost exchange"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("404") || err.contains("NOT_FOUND"), "{err}");
+    broker
+        .publish(Message::text(&topic, "after"))
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut sub).await, "after");
+    sub.close().await.unwrap();
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    let _ = admin.close(200, "done".into()).await;
+}
+
+/// A user allowed a single connection still publishes: the direct connection is refused by the
+/// broker, and publishes go through the shared channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishes_go_through_the_shared_channel_when_no_direct_connection_is_allowed() {
+    let user = unique("user");
+    rabbitmqctl(&["add_user", &user, "secret"]);
+    rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    rabbitmqctl(&["set_user_limits", &user, r#"{"max-connections": 1}"#]);
+    let url = amqp_url().replacen("guest:guest@", &format!("{user}:secret@"), 1);
+    let broker = match BrokerConfig::parse(&format!("{url}?mandatory=false")).unwrap() {
+        BrokerConfig::RabbitMq(config) => RabbitMqBroker::new(&config).unwrap(),
+        other => panic!("not an AMQP URL: {other}"),
+    };
+    for n in 0..3 {
+        broker
+            .publish(Message::text(unique("limited"), n.to_string()))
+            .await
+            .unwrap();
+    }
+    let connections = rabbitmqctl(&["-q", "list_connections", "user"])
+        .lines()
+        .filter(|line| line.trim() == user)
+        .count();
+    assert_eq!(connections, 1, "only the shared connection");
+    rabbitmqctl(&["delete_user", &user]);
+}

@@ -3,14 +3,19 @@
 //! client library's I/O task. Few callers hold one at a time: past that many, a caller is
 //! told to use the backend's shared, pipelined connection, which serves many concurrent
 //! requests better than more connections would.
+//!
+//! A child process made by `fork()` does not use (or close) the connections it inherited: they
+//! are its parent's.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Idle connections kept, and the callers allowed one at a time.
 pub(crate) struct DirectPool<C> {
-    idle: Mutex<Vec<(C, Instant)>>,
+    idle: Mutex<Idle<C>>,
+    /// Cleared: connections given back are closed.
+    closed: AtomicBool,
     in_use: AtomicUsize,
     max_in_use: usize,
     max_idle: usize,
@@ -18,12 +23,22 @@ pub(crate) struct DirectPool<C> {
     idle_limit: Option<Duration>,
 }
 
+/// The kept connections, since when each is idle, and the process that opened them.
+struct Idle<C> {
+    connections: Vec<(C, Instant)>,
+    generation: u64,
+}
+
 impl<C> DirectPool<C> {
     /// A pool lending to at most `max_in_use` callers at once and keeping `max_idle`
     /// connections, none idle longer than `idle_limit`.
     pub fn new(max_in_use: usize, max_idle: usize, idle_limit: Option<Duration>) -> Self {
         DirectPool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle {
+                connections: Vec::new(),
+                generation: crate::process::generation(),
+            }),
+            closed: AtomicBool::new(false),
             in_use: AtomicUsize::new(0),
             max_in_use,
             max_idle,
@@ -41,9 +56,24 @@ impl<C> DirectPool<C> {
             .map(|_| Lease { pool: self })
     }
 
-    /// Closes every idle connection.
+    /// Closes every idle connection, and those given back from now on.
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.closed.store(true, Ordering::Release);
+        self.lock().connections.clear();
+    }
+
+    /// The idle connections, after forgetting those a parent process opened.
+    fn lock(&self) -> MutexGuard<'_, Idle<C>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = crate::process::generation();
+        if idle.generation != generation {
+            // Not dropped: closing them would end the parent's conversations.
+            for inherited in idle.connections.drain(..) {
+                std::mem::forget(inherited);
+            }
+            idle.generation = generation;
+        }
+        idle
     }
 }
 
@@ -53,26 +83,22 @@ pub(crate) struct Lease<'a, C> {
 }
 
 impl<C> Lease<'_, C> {
-    /// A kept connection still within the idle limit, if any (older ones are closed).
+    /// The most recently kept connection, if any; those idle past the limit are closed.
     pub fn idle(&mut self) -> Option<C> {
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((conn, since)) = idle.pop() {
-            if self
-                .pool
-                .idle_limit
-                .is_none_or(|limit| since.elapsed() < limit)
-            {
-                return Some(conn);
-            }
+        let mut idle = self.pool.lock();
+        if let Some(limit) = self.pool.idle_limit {
+            idle.connections
+                .retain(|(_, since)| since.elapsed() < limit);
         }
-        None
+        idle.connections.pop().map(|(conn, _)| conn)
     }
 
     /// Keeps `conn` (in step, ready for another request) for the next caller.
     pub fn keep(&self, conn: C) {
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.pool.max_idle {
-            idle.push((conn, Instant::now()));
+        let mut idle = self.pool.lock();
+        if idle.connections.len() < self.pool.max_idle && !self.pool.closed.load(Ordering::Acquire)
+        {
+            idle.connections.push((conn, Instant::now()));
         }
     }
 }
@@ -114,11 +140,22 @@ mod tests {
     }
 
     #[test]
-    fn connections_idle_past_the_limit_are_not_lent() {
+    fn connections_idle_past_the_limit_are_closed() {
         let pool = DirectPool::new(4, 4, Some(Duration::ZERO));
         let mut lease = pool.lease().unwrap();
         lease.keep(1);
+        lease.keep(2);
         assert_eq!(lease.idle(), None);
-        assert!(pool.idle.lock().unwrap().is_empty());
+        assert!(pool.idle.lock().unwrap().connections.is_empty());
+    }
+
+    #[test]
+    fn after_clear_nothing_is_kept() {
+        let pool = DirectPool::new(4, 4, None);
+        let mut lease = pool.lease().unwrap();
+        lease.keep(1);
+        pool.clear();
+        lease.keep(2);
+        assert_eq!(lease.idle(), None);
     }
 }

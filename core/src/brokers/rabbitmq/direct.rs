@@ -6,13 +6,17 @@
 //! and what can answer them (ack, nack, return, a closed channel or connection). Frames are
 //! written and parsed by `amq-protocol`, as lapin's are.
 //!
-//! They are plain TCP only (with TLS, publishes go through lapin's connection), ask for no
-//! heartbeats (a connection is only used while a caller waits on it) and are closed after
-//! [`IDLE_LIMIT`] unused. A caller finding [`IN_USE`] of them busy publishes on the shared
-//! channel (see [`DirectPool`]).
+//! They are plain TCP only (with TLS, publishes go through lapin's connection). They send no
+//! heartbeats (one is only used while a caller waits on it): the broker closes one left idle
+//! for two of its heartbeat intervals (at most [`HEARTBEAT_MAX`] s each), and one idle longer
+//! than [`IDLE_LIMIT`] is not used again. A caller finding [`IN_USE`] of them busy, or none
+//! that can be opened (a connection limit, say), publishes on the shared channel (see
+//! [`DirectPool`]).
 
 use std::io;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, ProtocolVersion, WriteContext};
 use amq_protocol::frame::{gen_frame, parse_frame};
@@ -33,6 +37,10 @@ const POOL_IDLE: usize = 4;
 const IN_USE: usize = 4;
 /// A connection unused this long is closed rather than trusted (no heartbeats keep it alive).
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// The longest heartbeat interval asked for (the broker's own, if shorter).
+const HEARTBEAT_MAX: u16 = 60;
+/// After a connection could not be opened, publishes use the shared channel this long.
+const OPEN_BACKOFF: Duration = Duration::from_secs(30);
 /// The largest frame asked for (the server may ask for less).
 const FRAME_MAX: u32 = 128 * 1024;
 /// The one channel a connection opens.
@@ -52,6 +60,11 @@ pub(super) struct DirectPublisher {
     target: String,
     connect_timeout: Duration,
     pool: DirectPool<DirectConnection>,
+    /// When a connection last could not be opened.
+    open_failed: Mutex<Option<Instant>>,
+    /// The broker closed a publish's channel (an exchange deleted, say): the shared channel
+    /// should declare the topology again.
+    channel_closed: AtomicBool,
 }
 
 /// One publish: where it goes and what it carries.
@@ -84,33 +97,43 @@ impl DirectPublisher {
             target: target.to_owned(),
             connect_timeout,
             pool: DirectPool::new(IN_USE, POOL_IDLE, Some(IDLE_LIMIT)),
+            open_failed: Mutex::new(None),
+            channel_closed: AtomicBool::new(false),
         })
     }
 
     /// Publishes and waits (at most `timeout`) for the broker's confirmation. `None` when every
-    /// direct connection is busy: the caller publishes on the shared channel instead.
+    /// direct connection is busy or none can be opened: the caller publishes on the shared
+    /// channel instead.
     pub async fn publish(&self, publish: Publish<'_>, timeout: Duration) -> Option<Result<()>> {
+        if self.resting() {
+            return None;
+        }
         let lease = self.pool.lease()?;
-        let outcome = match tokio::time::timeout(timeout, self.publish_now(lease, &publish)).await {
+        match tokio::time::timeout(timeout, self.publish_now(lease, &publish)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(Error::Timeout {
+            Err(_) => Some(Err(Error::Timeout {
                 operation: format!(
                     "the broker's confirmation of a message to {:?}",
                     publish.routing_key
                 ),
                 after: timeout,
-            }),
-        };
-        Some(outcome)
+            })),
+        }
+    }
+
+    /// True when the broker's channel was closed by a publish since the last call.
+    pub fn take_channel_closed(&self) -> bool {
+        self.channel_closed.swap(false, Ordering::AcqRel)
     }
 
     async fn publish_now(
         &self,
         mut lease: Lease<'_, DirectConnection>,
         publish: &Publish<'_>,
-    ) -> Result<()> {
-        // A kept connection the server closed while it sat idle has said so (a close, or the
-        // end of the stream) and is not used.
+    ) -> Option<Result<()>> {
+        // A kept connection the server closed while it sat idle has said so (a close, a
+        // heartbeat, or the end of the stream) and is not used.
         let (mut conn, reused) = match lease.idle().filter(DirectConnection::is_quiet) {
             Some(conn) => (conn, true),
             None => (self.open().await?, false),
@@ -123,27 +146,39 @@ impl DirectPublisher {
             conn = self.open().await?;
             outcome = conn.publish(publish).await;
         }
-        match outcome {
+        Some(match outcome {
             Ok(answer) => {
                 lease.keep(conn);
                 answer.into_result(publish.routing_key)
             }
-            Err(failure) => Err(failure.into_error(&self.target)),
-        }
+            Err(failure) => {
+                if matches!(failure, Failure::ChannelClosed(_)) {
+                    self.channel_closed.store(true, Ordering::Release);
+                }
+                Err(failure.into_error(&self.target))
+            }
+        })
     }
 
-    async fn open(&self) -> Result<DirectConnection> {
-        let connect = DirectConnection::open(self);
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(failure)) => Err(Error::Connection {
-                target: self.target.clone(),
-                reason: failure.reason(),
-            }),
-            Err(_) => Err(Error::Connection {
-                target: self.target.clone(),
-                reason: format!("no answer within {:?}", self.connect_timeout),
-            }),
+    /// True while publishes keep off direct connections after one could not be opened.
+    fn resting(&self) -> bool {
+        let failed = self.open_failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.is_some_and(|at| at.elapsed() < OPEN_BACKOFF)
+    }
+
+    /// A new connection, or `None` (noted, and logged) when it cannot be opened.
+    async fn open(&self) -> Option<DirectConnection> {
+        match tokio::time::timeout(self.connect_timeout, DirectConnection::open(self)).await {
+            Ok(Ok(conn)) => Some(conn),
+            failed => {
+                let reason = match failed {
+                    Ok(Err(failure)) => failure.reason(),
+                    _ => format!("no answer within {:?}", self.connect_timeout),
+                };
+                tracing::debug!(target_url = %self.target, %reason, "no direct publishing connection; publishing on the shared channel");
+                *self.open_failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                None
+            }
         }
     }
 
@@ -241,6 +276,8 @@ struct DirectConnection {
     frame_max: u32,
     /// The delivery tag the next publish gets.
     next_tag: u64,
+    /// Open, and between whole frames on both sides: a goodbye can be sent.
+    in_step: bool,
 }
 
 impl DirectConnection {
@@ -253,6 +290,7 @@ impl DirectConnection {
             output: Vec::with_capacity(4096),
             frame_max: FRAME_MAX,
             next_tag: 1,
+            in_step: false,
         };
         conn.push(&AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()))?;
         conn.flush().await?;
@@ -294,7 +332,10 @@ impl DirectConnection {
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
                 channel_max: 1,
                 frame_max: conn.frame_max,
-                heartbeat: 0,
+                heartbeat: match tune.heartbeat {
+                    0 => 0,
+                    offered => offered.min(HEARTBEAT_MAX),
+                },
             })),
         )?;
         conn.method_frame(
@@ -327,6 +368,7 @@ impl DirectConnection {
             AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => {}
             other => return Err(unexpected("confirm.select-ok", &other)),
         }
+        conn.in_step = true;
         Ok(conn)
     }
 
@@ -334,11 +376,13 @@ impl DirectConnection {
     /// nothing but a close (or its end).
     fn is_quiet(&self) -> bool {
         let mut byte = [0u8; 1];
-        matches!(self.stream.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+        self.input.is_empty()
+            && matches!(self.stream.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Publishes one message and reads until its confirmation.
     async fn publish(&mut self, publish: &Publish<'_>) -> Step<Answer> {
+        self.in_step = false;
         let tag = self.next_tag;
         self.next_tag += 1;
         self.method_frame(
@@ -371,11 +415,13 @@ impl DirectConnection {
                 AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)))
                     if covers(ack.delivery_tag, ack.multiple, tag) =>
                 {
+                    self.in_step = true;
                     return Ok(returned.map_or(Answer::Confirmed, Answer::Returned));
                 }
                 AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Nack(nack)))
                     if covers(nack.delivery_tag, nack.multiple, tag) =>
                 {
+                    self.in_step = true;
                     return Ok(Answer::Nacked);
                 }
                 AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Return(back))) => {
@@ -396,11 +442,13 @@ impl DirectConnection {
         }
     }
 
-    /// The failure for an unexpected method: a closed channel or connection is answered (so
-    /// the server logs a clean close) and reported with the server's reason.
+    /// The failure for an unexpected method, with the server's reason for a closed channel or
+    /// connection. A closed connection is answered (so the server logs a clean close); after a
+    /// closed channel the connection is still in step, and dropping it says goodbye.
     async fn closing(&mut self, method: AMQPClass) -> Failure {
         match method {
             AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
+                self.in_step = true;
                 Failure::ChannelClosed(format!(
                     "the broker closed the channel: {} {}",
                     close.reply_code,
@@ -491,8 +539,12 @@ impl DirectConnection {
 
 impl Drop for DirectConnection {
     /// Says goodbye without waiting for the answer, so the broker logs a closed connection
-    /// rather than a lost one (nothing is sent if the socket is not ready for it).
+    /// rather than a lost one: only between whole frames, and only if the socket takes it at
+    /// once.
     fn drop(&mut self) {
+        if !self.in_step {
+            return;
+        }
         self.output.clear();
         let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
             reply_code: 200,

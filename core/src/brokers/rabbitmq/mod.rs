@@ -331,6 +331,11 @@ impl Shared {
         message: &Message,
     ) -> Result<()> {
         if let Some(direct) = &self.direct {
+            if direct.take_channel_closed() {
+                // A direct publish's channel was closed (an exchange deleted, say): a new shared
+                // channel declares the topology again, as after the shared channel's own close.
+                self.publish_channel.lock().await.take();
+            }
             // The shared channel declares (and after a reconnect declares again) the exchange
             // and the queues the direct connection publishes to.
             self.publish_ready().await?;

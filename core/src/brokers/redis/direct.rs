@@ -207,7 +207,12 @@ impl Singles {
             },
         };
         let mut reply = within(self.response_timeout, conn.query(cmd)).await;
-        if reused && reply.as_ref().is_err_and(|err| err.is_io_error()) {
+        // (Not after a timeout: the server is there, only slow, and may have run the command.)
+        if reused
+            && reply
+                .as_ref()
+                .is_err_and(|err| err.is_io_error() && !err.is_timeout())
+        {
             conn = match self.open().await {
                 Ok(conn) => conn,
                 Err(err) => return Some(Err(err)),
