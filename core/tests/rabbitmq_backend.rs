@@ -16,8 +16,11 @@ use polybus::{Message, Publisher, Subscriber, Subscription, SubscriptionSpec};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn broker_with(query: &str) -> RabbitMqBroker {
-    let url = format!("{}{query}", amqp_url());
-    match BrokerConfig::parse(&url).unwrap() {
+    broker_at(&format!("{}{query}", amqp_url()))
+}
+
+fn broker_at(url: &str) -> RabbitMqBroker {
+    match BrokerConfig::parse(url).unwrap() {
         BrokerConfig::RabbitMq(config) => RabbitMqBroker::new(&config).unwrap(),
         other => panic!("not an AMQP URL: {other}"),
     }
@@ -314,27 +317,36 @@ fn rabbitmqctl(args: &[&str]) -> String {
     text
 }
 
+/// A subscription of the group `<topic>.g` to `topic`.
+async fn group_of(broker: &RabbitMqBroker, topic: &str) -> Subscription {
+    broker
+        .subscribe(SubscriptionSpec::new([topic], format!("{topic}.g")))
+        .await
+        .unwrap()
+}
+
+/// A new user (password `secret`) with every permission on the default vhost.
+fn new_user() -> String {
+    let user = unique("user");
+    rabbitmqctl(&["add_user", &user, "secret"]);
+    rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    user
+}
+
+/// The test broker's URL, signed in as `user`.
+fn as_user(user: &str) -> String {
+    amqp_url().replacen("guest:guest@", &format!("{user}:secret@"), 1)
+}
+
 /// Single publishes use connections of their own (named `polybus-publisher (direct)`), at most
 /// four at once (more callers share the lapin channel); one the broker closed while it sat idle
 /// is replaced, and the publish goes through. Each is found by a user of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_publishes_survive_their_idle_connection_being_closed() {
-    let user = unique("user");
-    rabbitmqctl(&["add_user", &user, "secret"]);
-    rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
-    let url = amqp_url().replacen("guest:guest@", &format!("{user}:secret@"), 1);
-    let broker = match BrokerConfig::parse(&url).unwrap() {
-        BrokerConfig::RabbitMq(config) => RabbitMqBroker::new(&config).unwrap(),
-        other => panic!("not an AMQP URL: {other}"),
-    };
+    let user = new_user();
+    let broker = broker_at(&as_user(&user));
     let topic = unique("single");
-    let mut sub = broker
-        .subscribe(SubscriptionSpec::new(
-            [topic.as_str()],
-            format!("{topic}.g"),
-        ))
-        .await
-        .unwrap();
+    let mut sub = group_of(&broker, &topic).await;
     let publishes = (0..40).map(|n| broker.publish(Message::text(&topic, n.to_string())));
     for receipt in futures::future::join_all(publishes).await {
         receipt.unwrap();
@@ -374,13 +386,7 @@ async fn a_deleted_exchange_is_declared_again_after_one_failed_publish() {
     let exchange = unique("exchange");
     let broker = broker_with(&format!("?exchange={exchange}"));
     let topic = unique("redeclared");
-    let mut sub = broker
-        .subscribe(SubscriptionSpec::new(
-            [topic.as_str()],
-            format!("{topic}.g"),
-        ))
-        .await
-        .unwrap();
+    let mut sub = group_of(&broker, &topic).await;
     broker
         .publish(Message::text(&topic, "before"))
         .await
@@ -421,15 +427,9 @@ async fn a_deleted_exchange_is_declared_again_after_one_failed_publish() {
 /// broker, and publishes go through the shared channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publishes_go_through_the_shared_channel_when_no_direct_connection_is_allowed() {
-    let user = unique("user");
-    rabbitmqctl(&["add_user", &user, "secret"]);
-    rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    let user = new_user();
     rabbitmqctl(&["set_user_limits", &user, r#"{"max-connections": 1}"#]);
-    let url = amqp_url().replacen("guest:guest@", &format!("{user}:secret@"), 1);
-    let broker = match BrokerConfig::parse(&format!("{url}?mandatory=false")).unwrap() {
-        BrokerConfig::RabbitMq(config) => RabbitMqBroker::new(&config).unwrap(),
-        other => panic!("not an AMQP URL: {other}"),
-    };
+    let broker = broker_at(&format!("{}?mandatory=false", as_user(&user)));
     for n in 0..3 {
         broker
             .publish(Message::text(unique("limited"), n.to_string()))
