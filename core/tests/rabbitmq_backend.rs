@@ -299,11 +299,8 @@ async fn a_dead_letter_topic_is_read_by_a_group_named_after_it() {
 
 /// `rabbitmqctl` against the test broker (through the provisioning script); its output.
 fn rabbitmqctl(args: &[&str]) -> String {
-    let manifest_dir =
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-    let script = std::path::PathBuf::from(manifest_dir).join("../scripts/broker-rabbitmq.sh");
     let out = std::process::Command::new("bash")
-        .arg(&script)
+        .arg(common::script("broker-rabbitmq.sh"))
         .arg("ctl")
         .args(args)
         .output()

@@ -2,6 +2,7 @@
 //! message is delivered at least once, counted. Each test runs its own Redis server with an
 //! append-only file (a Redis without persistence loses its data on restart, by design).
 
+mod common;
 mod outage;
 
 use std::net::TcpStream;

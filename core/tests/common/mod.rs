@@ -45,3 +45,14 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// The path of `scripts/<name>` in this checkout. Read at run time (cargo sets
+/// `CARGO_MANIFEST_DIR`): a build cached from another checkout carries that checkout's path in
+/// `env!`, and its scripts may no longer exist.
+pub fn script(name: &str) -> std::path::PathBuf {
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    std::path::PathBuf::from(manifest_dir)
+        .join("../scripts")
+        .join(name)
+}

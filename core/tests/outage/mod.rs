@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,11 +15,7 @@ use polybus::{
 /// data across stop and start, failing the test if it fails. (The Redis drill runs a server of its own.)
 #[allow(dead_code)]
 pub fn broker_script(script: &str, action: &str) {
-    // Read at run time (cargo sets it): a build cached from another checkout carries that
-    // checkout's path in `env!`, and its scripts may no longer exist.
-    let manifest_dir =
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-    let script = PathBuf::from(manifest_dir).join("../scripts").join(script);
+    let script = super::common::script(script);
     let status = Command::new("bash")
         .arg(&script)
         .arg(action)

@@ -27,6 +27,7 @@ use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::{Answer, confirm_timed_out};
 use crate::brokers::direct_pool::{DirectPool, Lease};
 use crate::config::AmqpConfig;
 use crate::error::{Error, Result};
@@ -112,13 +113,7 @@ impl DirectPublisher {
         let lease = self.pool.lease()?;
         match tokio::time::timeout(timeout, self.publish_now(lease, &publish)).await {
             Ok(outcome) => outcome,
-            Err(_) => Some(Err(Error::Timeout {
-                operation: format!(
-                    "the broker's confirmation of a message to {:?}",
-                    publish.routing_key
-                ),
-                after: timeout,
-            })),
+            Err(_) => Some(Err(confirm_timed_out(publish.routing_key, timeout))),
         }
     }
 
@@ -188,33 +183,6 @@ impl DirectPublisher {
     }
 }
 
-/// What the broker answered a publish (the connection is in step after any of these).
-#[derive(Debug, PartialEq)]
-enum Answer {
-    Confirmed,
-    /// Returned as unroutable (`mandatory`), then confirmed.
-    Returned(String),
-    Nacked,
-}
-
-impl Answer {
-    fn into_result(self, routing_key: &str) -> Result<()> {
-        match self {
-            Answer::Confirmed => Ok(()),
-            Answer::Returned(text) => Err(Error::Broker {
-                backend: "rabbitmq",
-                reason: format!(
-                    "message to {routing_key:?} is unroutable ({text}): no queue is bound for it (publish with mandatory=false to allow dropping)"
-                ),
-            }),
-            Answer::Nacked => Err(Error::Broker {
-                backend: "rabbitmq",
-                reason: format!("the broker refused the message to {routing_key:?} (nack)"),
-            }),
-        }
-    }
-}
-
 /// Why a connection cannot go on (it is dropped).
 #[derive(Debug)]
 enum Failure {
@@ -240,21 +208,13 @@ impl Failure {
 
     fn into_error(self, target: &str) -> Error {
         match self {
-            Failure::Io(err) => Error::Connection {
-                target: target.to_owned(),
-                reason: err.to_string(),
-            },
             Failure::ChannelClosed(reason) => Error::Broker {
                 backend: "rabbitmq",
                 reason,
             },
-            Failure::ConnectionClosed(reason) => Error::Connection {
+            other => Error::Connection {
                 target: target.to_owned(),
-                reason,
-            },
-            Failure::Protocol(reason) => Error::Connection {
-                target: target.to_owned(),
-                reason: format!("unexpected AMQP traffic: {reason}"),
+                reason: other.reason(),
             },
         }
     }

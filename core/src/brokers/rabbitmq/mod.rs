@@ -386,23 +386,15 @@ impl Shared {
     async fn confirmed(&self, confirm: PublisherConfirm, routing_key: &str) -> Result<()> {
         let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
             .await
-            .map_err(|_| Error::Timeout {
-                operation: format!("the broker's confirmation of a message to {routing_key:?}"),
-                after: self.confirm_timeout,
-            })?;
+            .map_err(|_| confirm_timed_out(routing_key, self.confirm_timeout))?;
         match confirmation.map_err(|err| self.publish_link.error(err))? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(Error::Broker {
-                backend: "rabbitmq",
-                reason: format!(
-                    "message to {routing_key:?} is unroutable: no queue is bound for it (publish with mandatory=false to allow dropping)"
-                ),
-            }),
-            Confirmation::Nack(_) => Err(Error::Broker {
-                backend: "rabbitmq",
-                reason: format!("the broker refused the message to {routing_key:?} (nack)"),
-            }),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Answer::Confirmed,
+            Confirmation::Ack(Some(back)) => {
+                Answer::Returned(format!("{} {}", back.reply_code, back.reply_text.as_str()))
+            }
+            Confirmation::Nack(_) => Answer::Nacked,
         }
+        .into_result(routing_key)
     }
 
     /// Puts `message` back on `queue` as delivery `attempt`, after `delay` through a TTL queue.
@@ -442,6 +434,41 @@ impl Shared {
         };
         let confirm = self.send("", &routing_key, message, attempt).await?;
         self.confirmed(confirm, &routing_key).await
+    }
+}
+
+/// How the broker answered a confirmed publish, on the shared channel or a direct connection.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Confirmed,
+    /// Returned as unroutable (`mandatory`, with the broker's code and text), then confirmed.
+    Returned(String),
+    Nacked,
+}
+
+impl Answer {
+    fn into_result(self, routing_key: &str) -> Result<()> {
+        match self {
+            Answer::Confirmed => Ok(()),
+            Answer::Returned(text) => Err(Error::Broker {
+                backend: "rabbitmq",
+                reason: format!(
+                    "message to {routing_key:?} is unroutable ({text}): no queue is bound for it (publish with mandatory=false to allow dropping)"
+                ),
+            }),
+            Answer::Nacked => Err(Error::Broker {
+                backend: "rabbitmq",
+                reason: format!("the broker refused the message to {routing_key:?} (nack)"),
+            }),
+        }
+    }
+}
+
+/// No confirmation of a publish to `routing_key` came within `after`.
+fn confirm_timed_out(routing_key: &str, after: Duration) -> Error {
+    Error::Timeout {
+        operation: format!("the broker's confirmation of a message to {routing_key:?}"),
+        after,
     }
 }
 
