@@ -7,7 +7,7 @@ use ext_php_rs::boxed::ZBox;
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
 use polybus::message::validate_topic;
-use polybus::{BrokerKind, FailoverBroker, Message, SharedBroker};
+use polybus::{BlockingPublish, BrokerKind, FailoverBroker, Message, SharedBroker};
 
 use crate::config::settings_from;
 use crate::convert::{PhpJson, headers_from, seconds};
@@ -68,9 +68,12 @@ impl Broker {
         message
             .validate()
             .map_err(|err| engine_error(&err, Context::Publish))?;
-        let receipt = block_on(self.timeout, broker.publish(message))
-            .map_err(|err| block_error(err, "publishing"))?
-            .map_err(|err| engine_error(&err, Context::Publish))?;
+        let receipt = match broker.publish_blocking(message, self.timeout) {
+            BlockingPublish::Done(receipt) => receipt,
+            BlockingPublish::Declined(message) => block_on(self.timeout, broker.publish(message))
+                .map_err(|err| block_error(err, "publishing"))?,
+        }
+        .map_err(|err| engine_error(&err, Context::Publish))?;
         Ok(receipt.id)
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use polybus::config::{BrokerKind, resolve_config};
 use polybus::hub::HubConfig;
 use polybus::{
-    DeadLetters, FailoverBroker, FailoverOptions, Message, RedriveOptions, SharedBroker,
+    BlockingPublish, DeadLetters, FailoverBroker, FailoverOptions, Message, RedriveOptions,
+    SharedBroker,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -259,9 +260,13 @@ impl Broker {
         let message = message(outgoing)?;
         let broker = self.inner.clone();
         let runtime = crate::runtime::get();
-        py.detach(|| runtime.block_on(broker.publish(message)))
-            .map(Receipt::from)
-            .map_err(to_py)
+        // No bound of its own: the backend's response timeout bounds it, as it bounds `publish`.
+        py.detach(|| match broker.publish_blocking(message, Duration::MAX) {
+            BlockingPublish::Done(receipt) => receipt,
+            BlockingPublish::Declined(message) => runtime.block_on(broker.publish(message)),
+        })
+        .map(Receipt::from)
+        .map_err(to_py)
     }
 
     /// Waits until everything published so far was accepted, for at most `timeout` seconds.

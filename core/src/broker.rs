@@ -44,6 +44,17 @@ pub trait Publisher: Send + Sync + 'static {
     /// Flushes and releases the connection. Later calls fail with [`Error::Closed`].
     async fn close(&self) -> Result<()>;
 
+    /// Publishes one message on the calling thread and blocks it until the broker accepted
+    /// it, for at most `timeout` (and the backend's own response timeout), where the backend
+    /// can do that without an async runtime: a Redis single publish on plain TCP, one `send`
+    /// and one `recv`. Otherwise it hands the message back ([`BlockingPublish::Declined`]) for
+    /// [`Publisher::publish`], which the default does. For callers that block anyway (PHP,
+    /// Python's `send_sync`); never call it from an async task.
+    fn publish_blocking(&self, message: Message, timeout: Duration) -> BlockingPublish {
+        let _ = timeout;
+        BlockingPublish::Declined(message)
+    }
+
     /// Makes sure messages published to `topic` are kept even if nobody has subscribed yet
     /// (used for dead-letter topics): RabbitMQ declares a durable queue of that name bound to
     /// it, Kafka creates the topic. Most brokers keep them anyway: the default does nothing.
@@ -51,6 +62,15 @@ pub trait Publisher: Send + Sync + 'static {
         let _ = topic;
         Ok(())
     }
+}
+
+/// What [`Publisher::publish_blocking`] did.
+#[derive(Debug)]
+pub enum BlockingPublish {
+    /// Published (or failed) on the calling thread.
+    Done(Result<PublishReceipt>),
+    /// Not done here: the message, for [`Publisher::publish`].
+    Declined(Message),
 }
 
 /// Publishes `messages` one after another: for in-process backends, where a publish does

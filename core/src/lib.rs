@@ -35,8 +35,8 @@ pub mod subscription;
 pub mod wire;
 
 pub use broker::{
-    Broker, DEFAULT_PREFETCH, PublishReceipt, Publisher, SharedBroker, StartPosition, Subscriber,
-    SubscriptionSpec,
+    BlockingPublish, Broker, DEFAULT_PREFETCH, PublishReceipt, Publisher, SharedBroker,
+    StartPosition, Subscriber, SubscriptionSpec,
 };
 pub use brokers::{connect, connect_url};
 pub use capabilities::Capabilities;

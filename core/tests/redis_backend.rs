@@ -7,10 +7,10 @@ mod common;
 use common::unique;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use polybus::{Delivery, Message, SharedBroker, Subscription, SubscriptionSpec};
+use polybus::{BlockingPublish, Delivery, Message, SharedBroker, Subscription, SubscriptionSpec};
 use redis::AsyncCommands;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -421,6 +421,13 @@ async fn pubsub_patterns_match_channels() {
 /// A TCP proxy in front of the server that counts round trips: each time the client sends
 /// after the server has answered is one more.
 async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (local, turns, _) = proxy().await;
+    (local, turns)
+}
+
+/// A TCP proxy in front of the server, the round trips it saw (see [`counting_proxy`]), and a
+/// switch that holds the server's replies back while it is on.
+async fn proxy() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
     let upstream = address()
         .trim_start_matches("redis://")
         .split('/')
@@ -431,6 +438,8 @@ async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
     let local = listener.local_addr().unwrap();
     let turns = Arc::new(AtomicUsize::new(0));
     let counter = turns.clone();
+    let hold = Arc::new(AtomicBool::new(false));
+    let held = hold.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = TcpStream::connect(&upstream).await else {
@@ -440,7 +449,7 @@ async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
             let last = Arc::new(AtomicU8::new(0));
             let (mut client_read, mut client_write) = client.into_split();
             let (mut server_read, mut server_write) = server.into_split();
-            let (up_last, up_turns) = (last.clone(), counter.clone());
+            let (up_last, up_turns, held) = (last.clone(), counter.clone(), held.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n) = client_read.read(&mut buf).await {
@@ -461,6 +470,9 @@ async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
                     if n == 0 {
                         break;
                     }
+                    while held.load(Ordering::Acquire) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                     last.store(2, Ordering::Release);
                     if client_write.write_all(&buf[..n]).await.is_err() {
                         break;
@@ -469,7 +481,7 @@ async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (local, turns)
+    (local, turns, hold)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -894,4 +906,110 @@ async fn single_publishes_survive_their_idle_connection_being_closed() {
     assert_eq!(length, 41, "every publish is in the list");
     let _: i64 = admin.del(&topic).await.unwrap();
     drop_user(&mut admin, &user).await;
+}
+
+/// Publishes `message` from a thread of its own with `publish_blocking`, which must be done
+/// there (not handed back for `publish`).
+async fn publish_blocking(
+    broker: &SharedBroker,
+    message: Message,
+    timeout: Duration,
+) -> polybus::Result<polybus::PublishReceipt> {
+    let broker = broker.clone();
+    match tokio::task::spawn_blocking(move || broker.publish_blocking(message, timeout))
+        .await
+        .unwrap()
+    {
+        BlockingPublish::Done(receipt) => receipt,
+        BlockingPublish::Declined(message) => {
+            panic!("a blocking publish on plain TCP was handed back: {message:?}")
+        }
+    }
+}
+
+/// Blocking publishes (PHP's, Python's `send_sync`) run on the caller's thread, one after
+/// another on one connection of their own, signed in as the URL's user; one the server closed
+/// while it sat idle is replaced and the publish goes through; after `close` they fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_publishes_keep_a_connection_and_survive_it_being_closed() {
+    let mut admin = plain().await;
+    let user = acl_user(&mut admin, &["+@all"]).await;
+    let url = format!("redis://{user}:secret@{}/0?mode=list", host_port());
+    let broker = polybus::connect_url(&url).await.unwrap();
+    let topic = unique("blocking");
+    let wait = Duration::from_secs(5);
+    for n in 0..20 {
+        publish_blocking(&broker, Message::text(&topic, n.to_string()), wait)
+            .await
+            .unwrap();
+    }
+    let kept = clients_of(&mut admin, &user, "polybus-publisher").await;
+    assert_eq!(
+        kept.len(),
+        1,
+        "one connection for one caller at a time: {kept:?}"
+    );
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&kept[0])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    publish_blocking(&broker, Message::text(&topic, "after the kill"), wait)
+        .await
+        .unwrap();
+    let length: i64 = admin.llen(&topic).await.unwrap();
+    assert_eq!(length, 21, "every publish is in the list, once");
+    broker.close().await.unwrap();
+    let err = publish_blocking(&broker, Message::text(&topic, "closed"), wait)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, polybus::Error::Closed(_)), "{err:?}");
+    let _: i64 = admin.del(&topic).await.unwrap();
+    drop_user(&mut admin, &user).await;
+}
+
+/// A blocking publish whose reply does not come waits no longer than its caller allows, is
+/// not sent again (the server may have run it: here it did), and its connection is not used
+/// again; the next publish goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocking_publish_without_a_reply_times_out_and_is_not_resent() {
+    let (proxy, _, hold) = proxy().await;
+    let db = address().rsplit('/').next().unwrap_or("0").to_owned();
+    let broker = polybus::connect_url(&format!("redis://{proxy}/{db}?mode=list"))
+        .await
+        .unwrap();
+    let topic = unique("blocking-timeout");
+    let wait = Duration::from_secs(5);
+    publish_blocking(&broker, Message::text(&topic, "first"), wait)
+        .await
+        .unwrap();
+    hold.store(true, Ordering::Release);
+    let started = Instant::now();
+    let err = publish_blocking(
+        &broker,
+        Message::text(&topic, "unanswered"),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap_err();
+    let waited = started.elapsed();
+    hold.store(false, Ordering::Release);
+    assert!(
+        matches!(err, polybus::Error::Timeout { after, .. } if after == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "waited {waited:?} for a reply allowed 300 ms"
+    );
+    publish_blocking(&broker, Message::text(&topic, "next"), wait)
+        .await
+        .unwrap();
+    let mut conn = plain().await;
+    let items: Vec<String> = conn.lrange(&topic, 0, -1).await.unwrap();
+    assert_eq!(items.len(), 3, "each publish once: {items:?}");
+    let _: i64 = conn.del(&topic).await.unwrap();
+    broker.close().await.unwrap();
 }

@@ -15,6 +15,7 @@ macro_rules! suite {
     ($make:path) => {
         $crate::conformance::suite!(@tests $make;
             round_trip_preserves_id_key_headers_payload,
+            a_blocking_publish_round_trips,
             publish_batch_delivers_every_message_in_order,
             batches_started_back_to_back_stay_in_order,
             invalid_messages_are_refused_with_a_clear_error,

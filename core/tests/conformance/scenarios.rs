@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use polybus::{
-    Consumer, ConsumerOptions, Error, HandlerError, Message, RetryPolicy, SharedBroker,
-    StartPosition, SubscriptionSpec, handler_fn,
+    BlockingPublish, Consumer, ConsumerOptions, Error, HandlerError, Message, RetryPolicy,
+    SharedBroker, StartPosition, SubscriptionSpec, handler_fn,
 };
 
 use super::support::{Tally, WAIT, expect_nothing, recv, requires, unique, wait_until};
@@ -95,6 +95,58 @@ pub async fn round_trip_preserves_id_key_headers_payload(broker: SharedBroker) {
     assert_eq!(got.attempt, 1);
     got.ack().await.unwrap();
     sub.close().await.unwrap();
+}
+
+/// A publish from a thread that blocks on it (PHP, Python's `send_sync`): done on that
+/// thread where the backend can, handed back for `publish` where it cannot; either way the
+/// message arrives whole, and a bad one is refused with the same error as `publish` gives.
+pub async fn a_blocking_publish_round_trips(broker: SharedBroker) {
+    let topic = unique("blocking");
+    let mut sub = broker.subscribe(spec(&topic, "g")).await.unwrap();
+    let sent = Message::json(&topic, &serde_json::json!({"order_id": 7}))
+        .unwrap()
+        .with_key("customer-7")
+        .with_header("trace-id", "abc");
+    let (publisher, message) = (broker.clone(), sent.clone());
+    let blocking = tokio::task::spawn_blocking(move || {
+        publisher.publish_blocking(message, Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    let receipt = match blocking {
+        BlockingPublish::Done(receipt) => receipt,
+        BlockingPublish::Declined(message) => {
+            assert_eq!(
+                message.id, sent.id,
+                "the declined message is handed back as it was"
+            );
+            broker.publish(message).await
+        }
+    };
+    assert_eq!(receipt.unwrap().id, sent.id);
+    let got = recv(&mut sub, "the message published blocking").await;
+    assert_eq!(got.message.id, sent.id);
+    assert_eq!(got.message.key, sent.key);
+    assert_eq!(got.message.payload, sent.payload);
+    assert_eq!(
+        got.message.headers.get("trace-id"),
+        Some(&"abc".to_string())
+    );
+    got.ack().await.unwrap();
+    sub.close().await.unwrap();
+
+    let publisher = broker.clone();
+    let bad = tokio::task::spawn_blocking(move || {
+        publisher.publish_blocking(Message::bytes("has space", "x"), Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    let err = match bad {
+        BlockingPublish::Done(result) => result.unwrap_err(),
+        BlockingPublish::Declined(message) => broker.publish(message).await.unwrap_err(),
+    };
+    assert!(matches!(err, Error::InvalidMessage(_)), "{err:?}");
+    assert!(err.to_string().contains("has space"), "{err}");
 }
 
 pub async fn publish_batch_delivers_every_message_in_order(broker: SharedBroker) {

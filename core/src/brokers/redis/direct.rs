@@ -22,13 +22,78 @@ const READ_CHUNK: usize = 64 * 1024;
 
 pub(super) struct DirectConnection {
     io: Box<dyn Io>,
-    buf: BytesMut,
-    out: Vec<u8>,
+    wire: Wire,
+    /// The server's id for this connection (`CLIENT ID`).
+    pub client_id: Option<i64>,
+}
+
+/// One command at a time on a connection: its encoding, and its reply read off what arrived.
+#[derive(Default)]
+pub(super) struct Wire {
+    /// What arrived and was not taken yet.
+    pub buf: BytesMut,
+    /// The command being sent.
+    pub out: Vec<u8>,
     /// A command was sent and its reply not read (the caller gave up on it): the connection
     /// is out of step and must be replaced.
     pending: bool,
-    /// The server's id for this connection (`CLIENT ID`).
-    pub client_id: Option<i64>,
+}
+
+impl Wire {
+    /// Encodes `cmd` into [`Wire::out`]; refused while an earlier reply is unread.
+    pub fn start(&mut self, cmd: &Cmd) -> RedisResult<()> {
+        if self.pending {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier command's reply was never read",
+            )
+            .into());
+        }
+        self.pending = true;
+        self.out.clear();
+        cmd.write_packed_command(&mut self.out);
+        Ok(())
+    }
+
+    /// The reply, once all of it arrived; an error reply is an `Err`.
+    pub fn reply(&mut self) -> RedisResult<Option<Reply>> {
+        match resp::take(&mut self.buf).map_err(io::Error::other)? {
+            None => Ok(None),
+            Some(reply) => {
+                self.pending = false;
+                match reply {
+                    Reply::Error(text) => Err(server_error(&text)),
+                    reply => Ok(Some(reply)),
+                }
+            }
+        }
+    }
+}
+
+/// The commands that set up a new connection, in order, each with whether an error reply
+/// fails the connection: `AUTH` and `SELECT` as the URL asks, then `CLIENT SETNAME` (a user
+/// without the CLIENT commands, such as an ACL or a managed service, still connects: the name
+/// is only for `CLIENT LIST`).
+pub(super) fn handshake(info: &ConnectionInfo, name: &str) -> Vec<(Cmd, bool)> {
+    let mut steps = Vec::new();
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        let mut auth = ::redis::cmd("AUTH");
+        if let Some(user) = settings.username() {
+            auth.arg(user);
+        }
+        auth.arg(password);
+        steps.push((auth, true));
+    }
+    if settings.db() != 0 {
+        let mut select = ::redis::cmd("SELECT");
+        select.arg(settings.db());
+        steps.push((select, true));
+    }
+    let mut setname = ::redis::cmd("CLIENT");
+    setname.arg("SETNAME").arg(name);
+    steps.push((setname, false));
+    steps
 }
 
 impl DirectConnection {
@@ -70,32 +135,17 @@ impl DirectConnection {
         };
         let mut conn = DirectConnection {
             io,
-            buf: BytesMut::new(),
-            out: Vec::new(),
-            pending: false,
+            wire: Wire::default(),
             client_id: None,
         };
-        let settings = info.redis_settings();
-        if let Some(password) = settings.password() {
-            let mut auth = ::redis::cmd("AUTH");
-            if let Some(user) = settings.username() {
-                auth.arg(user);
+        for (cmd, required) in handshake(info, name) {
+            if let Err(err) = conn.query(&cmd).await
+                && (required || !answered(&err))
+            {
+                return Err(err);
             }
-            conn.query(auth.arg(password)).await?;
         }
-        if settings.db() != 0 {
-            conn.query(::redis::cmd("SELECT").arg(settings.db()))
-                .await?;
-        }
-        // A user without the CLIENT commands (an ACL, a managed service) still connects: the
-        // name is only for `CLIENT LIST`, and without the id a block is not ended early.
-        if let Err(err) = conn
-            .query(::redis::cmd("CLIENT").arg("SETNAME").arg(name))
-            .await
-            && !answered(&err)
-        {
-            return Err(err);
-        }
+        // Without the id (no CLIENT commands), a block is not ended early.
         match conn.query(::redis::cmd("CLIENT").arg("ID")).await {
             Ok(Reply::Int(id)) => conn.client_id = Some(id),
             Err(err) if !answered(&err) => return Err(err),
@@ -106,34 +156,16 @@ impl DirectConnection {
 
     /// Sends `cmd` and reads its reply; an error reply is an `Err`.
     pub async fn query(&mut self, cmd: &Cmd) -> RedisResult<Reply> {
-        if self.pending {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "an earlier command's reply was never read",
-            )
-            .into());
-        }
-        self.pending = true;
-        self.out.clear();
-        cmd.write_packed_command(&mut self.out);
-        self.io.write_all(&self.out).await?;
-        let reply = loop {
-            if let Some(reply) = resp::take(&mut self.buf).map_err(io::Error::other)? {
-                break reply;
+        self.wire.start(cmd)?;
+        self.io.write_all(&self.wire.out).await?;
+        loop {
+            if let Some(reply) = self.wire.reply()? {
+                return Ok(reply);
             }
-            self.buf.reserve(READ_CHUNK);
-            if self.io.read_buf(&mut self.buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                )
-                .into());
+            self.wire.buf.reserve(READ_CHUNK);
+            if self.io.read_buf(&mut self.wire.buf).await? == 0 {
+                return Err(closed_by_server());
             }
-        };
-        self.pending = false;
-        match reply {
-            Reply::Error(text) => Err(server_error(&text)),
-            reply => Ok(reply),
         }
     }
 }
@@ -144,9 +176,18 @@ async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// The error for a connection the server closed.
+pub(super) fn closed_by_server() -> RedisError {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the server closed the connection",
+    )
+    .into()
+}
+
 /// True when `err` is the server's error reply (it answered: the connection is in step), not a
 /// failure to reach it or read it.
-fn answered(err: &RedisError) -> bool {
+pub(super) fn answered(err: &RedisError) -> bool {
     err.code().is_some()
 }
 
@@ -193,6 +234,11 @@ impl Singles {
         }
     }
 
+    /// Closes the idle connections, and those given back from now on.
+    pub fn clear(&self) {
+        self.pool.clear();
+    }
+
     /// Runs `cmd` on a connection of its own, or `None` when [`IN_USE`] callers hold one (the
     /// caller uses the multiplexed connection). A connection that failed is dropped; one that
     /// failed on its first use after sitting idle (the server closed it) is replaced and the
@@ -207,20 +253,14 @@ impl Singles {
             },
         };
         let mut reply = within(self.response_timeout, conn.query(cmd)).await;
-        // (Not after a timeout: the server is there, only slow, and may have run the command.)
-        if reused
-            && reply
-                .as_ref()
-                .is_err_and(|err| err.is_io_error() && !err.is_timeout())
-        {
+        if resend(reused, &reply) {
             conn = match self.open().await {
                 Ok(conn) => conn,
                 Err(err) => return Some(Err(err)),
             };
             reply = within(self.response_timeout, conn.query(cmd)).await;
         }
-        // A reply, even an error reply, leaves the connection in step; anything else may not.
-        if reply.as_ref().map_or_else(answered, |_| true) {
+        if in_step(&reply) {
             lease.keep(conn);
         }
         Some(reply)
@@ -231,7 +271,23 @@ impl Singles {
     }
 }
 
-fn timed_out(what: &str) -> RedisError {
+/// Whether a command that failed is sent once more on a new connection: when it failed on a
+/// kept one with an I/O error (the server closed it while it sat idle), and not after a
+/// timeout (the server is there, only slow, and may have run the command).
+pub(super) fn resend(reused: bool, reply: &RedisResult<Reply>) -> bool {
+    reused
+        && reply
+            .as_ref()
+            .is_err_and(|err| err.is_io_error() && !err.is_timeout())
+}
+
+/// Whether a connection is in step after `reply`: a reply, even an error reply, leaves it so;
+/// anything else may not.
+pub(super) fn in_step(reply: &RedisResult<Reply>) -> bool {
+    reply.as_ref().map_or_else(answered, |_| true)
+}
+
+pub(super) fn timed_out(what: &str) -> RedisError {
     io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}")).into()
 }
 

@@ -19,6 +19,7 @@
 //! Sentinel and Cluster are not supported yet.
 
 mod admin;
+mod blocking;
 mod conn;
 mod dedup;
 mod direct;
@@ -42,7 +43,9 @@ use async_trait::async_trait;
 
 pub use self::dedup::RedisDedupStore;
 use self::settings::Settings;
-use crate::broker::{Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec};
+use crate::broker::{
+    BlockingPublish, Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec,
+};
 use crate::capabilities::Capabilities;
 use crate::config::{RedisConfig, RedisMode};
 use crate::error::{Error, Result};
@@ -111,8 +114,13 @@ struct Inner {
     manager: ConnectionManager,
     /// Connections for single publishes.
     singles: direct::Singles,
+    /// Connections for single publishes from callers that block their thread.
+    blocking: blocking::BlockingSingles,
     closed: AtomicBool,
 }
+
+/// The name (`CLIENT SETNAME`) of the connections single publishes use.
+const PUBLISHER_NAME: &str = "polybus-publisher";
 
 /// The most values one `LPUSH` of a batch carries.
 const VALUES_PER_PUSH: usize = 1024;
@@ -143,7 +151,13 @@ impl RedisBroker {
             inner: Arc::new(Inner {
                 singles: direct::Singles::new(
                     client.get_connection_info().clone(),
-                    "polybus-publisher",
+                    PUBLISHER_NAME,
+                    settings.connection_timeout,
+                    settings.response_timeout,
+                ),
+                blocking: blocking::BlockingSingles::new(
+                    client.get_connection_info().clone(),
+                    PUBLISHER_NAME,
                     settings.connection_timeout,
                     settings.response_timeout,
                 ),
@@ -235,6 +249,33 @@ impl Publisher for RedisBroker {
         }
         .map_err(|err| self.inner.error(err))?;
         Ok(self.receipt(&message, &reply))
+    }
+
+    /// On a plain TCP connection of its own, without the async runtime: one write and one
+    /// read on the caller's thread.
+    fn publish_blocking(&self, message: Message, timeout: Duration) -> BlockingPublish {
+        if let Err(err) = self.ensure_open().and_then(|()| message.validate()) {
+            return BlockingPublish::Done(Err(err));
+        }
+        let command = self.publish_command(&message);
+        let settings = &self.inner.settings;
+        match self.inner.blocking.query(&command, timeout) {
+            None => BlockingPublish::Declined(message),
+            Some(reply) => BlockingPublish::Done(
+                reply
+                    .map(|reply| self.receipt(&message, &reply.into_value()))
+                    .map_err(|err| {
+                        if err.is_timeout() {
+                            Error::Timeout {
+                                operation: format!("a publish to {}", settings.target),
+                                after: timeout.min(settings.response_timeout),
+                            }
+                        } else {
+                            self.inner.error(err)
+                        }
+                    }),
+            ),
+        }
     }
 
     /// Sends every valid message in one pipeline: one round trip for the whole batch. In list
@@ -347,6 +388,8 @@ impl Publisher for RedisBroker {
 
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.singles.clear();
+        self.inner.blocking.clear();
         Ok(())
     }
 }
