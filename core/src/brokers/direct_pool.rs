@@ -23,9 +23,10 @@ pub(crate) struct DirectPool<C> {
     idle_limit: Option<Duration>,
 }
 
-/// The kept connections, since when each is idle, and the process that opened them.
+/// The kept connections, since when each is idle (where the pool has a limit), and the
+/// process that opened them.
 struct Idle<C> {
-    connections: Vec<(C, Instant)>,
+    connections: Vec<(C, Option<Instant>)>,
     generation: u64,
 }
 
@@ -88,7 +89,7 @@ impl<C> Lease<'_, C> {
         let mut idle = self.pool.lock();
         if let Some(limit) = self.pool.idle_limit {
             idle.connections
-                .retain(|(_, since)| since.elapsed() < limit);
+                .retain(|(_, since)| since.is_some_and(|since| since.elapsed() < limit));
         }
         idle.connections.pop().map(|(conn, _)| conn)
     }
@@ -98,7 +99,9 @@ impl<C> Lease<'_, C> {
         let mut idle = self.pool.lock();
         if idle.connections.len() < self.pool.max_idle && !self.pool.closed.load(Ordering::Acquire)
         {
-            idle.connections.push((conn, Instant::now()));
+            // Without a limit, the time is not needed (a clock read less per request).
+            let since = self.pool.idle_limit.map(|_| Instant::now());
+            idle.connections.push((conn, since));
         }
     }
 }

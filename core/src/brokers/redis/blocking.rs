@@ -22,6 +22,9 @@ use crate::brokers::direct_pool::DirectPool;
 const IN_USE: usize = 4;
 const POOL_IDLE: usize = 4;
 
+/// The most one read takes off the socket.
+const SCRATCH: usize = 16 * 1024;
+
 /// The shortest wait for a reply (a socket refuses a zero timeout: it would mean none).
 const MIN_WAIT: Duration = Duration::from_millis(1);
 
@@ -29,6 +32,8 @@ const MIN_WAIT: Duration = Duration::from_millis(1);
 struct BlockingConnection {
     stream: TcpStream,
     wire: Wire,
+    /// Where each read lands before it joins the unread bytes (zeroed once, not per read).
+    scratch: Vec<u8>,
     /// The socket's read timeout as last set (set again only when a caller asks another).
     read_timeout: Duration,
 }
@@ -72,6 +77,7 @@ impl BlockingConnection {
         let mut conn = BlockingConnection {
             stream,
             wire: Wire::default(),
+            scratch: vec![0; SCRATCH],
             read_timeout: response_timeout,
         };
         for (cmd, required) in handshake(info, name) {
@@ -94,14 +100,13 @@ impl BlockingConnection {
         let mut deadline = None;
         self.wire.start(cmd)?;
         self.stream.write_all(&self.wire.out)?;
-        let mut chunk = [0u8; 4096];
         loop {
             if let Some(reply) = self.wire.reply()? {
                 return Ok(reply);
             }
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(&mut self.scratch) {
                 Ok(0) => return Err(closed_by_server()),
-                Ok(n) => self.wire.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.wire.buf.extend_from_slice(&self.scratch[..n]),
                 // A signal: go on waiting, within the deadline.
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err)
