@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{kafka_url, unique};
 use polybus::{
-    Consumer, ConsumerOptions, HandlerError, Message, RetryPolicy, SharedBroker, SubscriptionSpec,
-    handler_fn,
+    BlockingPublish, Consumer, ConsumerOptions, HandlerError, Message, RetryPolicy, SharedBroker,
+    SubscriptionSpec, handler_fn,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -420,4 +420,92 @@ async fn an_unreachable_broker_fails_publishes_with_a_clear_error() {
         .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("kafka"), "{text}");
+    let started = Instant::now();
+    let err = publish_blocking(
+        &broker,
+        Message::text("nowhere", "x"),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, polybus::Error::Timeout { after, .. } if after == Duration::from_millis(500)),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Publishes `message` from a thread of its own with `publish_blocking`, which must be done
+/// there (not handed back for `publish`).
+async fn publish_blocking(
+    broker: &SharedBroker,
+    message: Message,
+    timeout: Duration,
+) -> polybus::Result<polybus::PublishReceipt> {
+    let broker = broker.clone();
+    match tokio::task::spawn_blocking(move || broker.publish_blocking(message, timeout))
+        .await
+        .unwrap()
+    {
+        BlockingPublish::Done(receipt) => receipt,
+        BlockingPublish::Declined(message) => {
+            panic!("a blocking publish to a known topic was handed back: {message:?}")
+        }
+    }
+}
+
+/// A caller blocking on its publish (PHP, Python's `send_sync`) does not wait out `linger.ms`,
+/// and the messages queued before its own are delivered first; a topic not created yet is
+/// handed back for `publish`, which creates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocking_publish_does_not_wait_out_the_linger_and_keeps_order() {
+    let broker = polybus::connect_url(&format!("{}&linger.ms=5000", kafka_url()))
+        .await
+        .unwrap();
+    let topic = unique("blocking");
+    let first = Message::text(&topic, "first").with_key("k");
+    let publisher = broker.clone();
+    let handed_back = tokio::task::spawn_blocking(move || publisher.publish_blocking(first, WAIT))
+        .await
+        .unwrap();
+    let BlockingPublish::Declined(first) = handed_back else {
+        panic!("a topic not created yet is handed back");
+    };
+    broker.publish(first).await.unwrap();
+    // Queued, waiting out the linger.
+    let earlier: Vec<_> = (0..5)
+        .map(|n| {
+            let broker = broker.clone();
+            let message = Message::text(&topic, format!("earlier {n}")).with_key("k");
+            tokio::spawn(async move { broker.publish(message).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let receipt = publish_blocking(
+        &broker,
+        Message::text(&topic, "blocking").with_key("k"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "the blocking publish took {took:?}: it waited out linger.ms=5000"
+    );
+    let mut offsets = Vec::new();
+    for publish in earlier {
+        offsets.push(publish.await.unwrap().unwrap().offset.unwrap());
+    }
+    let own = receipt.offset.unwrap();
+    assert!(
+        offsets.iter().all(|offset| *offset < own),
+        "earlier messages of the key come first: {offsets:?} then {own}"
+    );
+    broker.close().await.unwrap();
 }
