@@ -65,9 +65,7 @@ impl Broker {
 
     fn send(&self, message: Message) -> PhpResult<String> {
         let broker = self.open()?;
-        message
-            .validate()
-            .map_err(|err| engine_error(&err, Context::Publish))?;
+        // Both paths validate the message first.
         let receipt = match broker.publish_blocking(message, self.timeout) {
             BlockingPublish::Done(receipt) => receipt,
             BlockingPublish::Declined(message) => block_on(self.timeout, broker.publish(message))

@@ -260,7 +260,7 @@ impl Broker {
         let message = message(outgoing)?;
         let broker = self.inner.clone();
         let runtime = crate::runtime::get();
-        // No bound of its own: the backend's response timeout bounds it, as it bounds `publish`.
+        // No bound of its own: the backend's bound on a publish applies, as it does to `publish`.
         py.detach(|| match broker.publish_blocking(message, Duration::MAX) {
             BlockingPublish::Done(receipt) => receipt,
             BlockingPublish::Declined(message) => runtime.block_on(broker.publish(message)),

@@ -45,9 +45,10 @@ pub trait Publisher: Send + Sync + 'static {
     async fn close(&self) -> Result<()>;
 
     /// Publishes one message on the calling thread and blocks it until the broker accepted
-    /// it, for at most `timeout` (and the backend's own response timeout), where the backend
-    /// can do that without an async runtime: a Redis single publish on plain TCP, one `send`
-    /// and one `recv`. Otherwise it hands the message back ([`BlockingPublish::Declined`]) for
+    /// it, for at most `timeout` (and the backend's own bound on a publish), where the backend
+    /// can do that without an async runtime: Redis on plain TCP (one `send` and one `recv`),
+    /// Kafka to a topic it knows (queue, then flush without waiting out `linger.ms`).
+    /// Otherwise it hands the message back ([`BlockingPublish::Declined`]) for
     /// [`Publisher::publish`], which the default does. For callers that block anyway (PHP,
     /// Python's `send_sync`); never call it from an async task.
     fn publish_blocking(&self, message: Message, timeout: Duration) -> BlockingPublish {

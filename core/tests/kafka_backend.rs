@@ -476,15 +476,16 @@ async fn a_blocking_publish_does_not_wait_out_the_linger_and_keeps_order() {
         panic!("a topic not created yet is handed back");
     };
     broker.publish(first).await.unwrap();
-    // Queued, waiting out the linger.
-    let earlier: Vec<_> = (0..5)
+    // Queued (each polled once: its record is in librdkafka's queue), waiting out the linger.
+    let mut earlier: Vec<_> = (0..5)
         .map(|n| {
-            let broker = broker.clone();
             let message = Message::text(&topic, format!("earlier {n}")).with_key("k");
-            tokio::spawn(async move { broker.publish(message).await })
+            Box::pin(futures::future::maybe_done(broker.publish(message)))
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for publish in &mut earlier {
+        let _ = futures::poll!(publish.as_mut());
+    }
     let started = Instant::now();
     let receipt = publish_blocking(
         &broker,
@@ -498,10 +499,19 @@ async fn a_blocking_publish_does_not_wait_out_the_linger_and_keeps_order() {
         took < Duration::from_millis(2500),
         "the blocking publish took {took:?}: it waited out linger.ms=5000"
     );
-    let mut offsets = Vec::new();
-    for publish in earlier {
-        offsets.push(publish.await.unwrap().unwrap().offset.unwrap());
-    }
+    futures::future::join_all(earlier.iter_mut()).await;
+    let offsets: Vec<i64> = earlier
+        .iter_mut()
+        .map(|publish| {
+            publish
+                .as_mut()
+                .take_output()
+                .unwrap()
+                .unwrap()
+                .offset
+                .unwrap()
+        })
+        .collect();
     let own = receipt.offset.unwrap();
     assert!(
         offsets.iter().all(|offset| *offset < own),

@@ -421,13 +421,22 @@ async fn pubsub_patterns_match_channels() {
 /// A TCP proxy in front of the server that counts round trips: each time the client sends
 /// after the server has answered is one more.
 async fn counting_proxy() -> (SocketAddr, Arc<AtomicUsize>) {
-    let (local, turns, _) = proxy().await;
-    (local, turns)
+    let proxy = proxy().await;
+    (proxy.address, proxy.turns)
 }
 
-/// A TCP proxy in front of the server, the round trips it saw (see [`counting_proxy`]), and a
-/// switch that holds the server's replies back while it is on.
-async fn proxy() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
+/// A TCP proxy in front of the server.
+struct Proxy {
+    address: SocketAddr,
+    /// Round trips seen (see [`counting_proxy`]).
+    turns: Arc<AtomicUsize>,
+    /// While on, the server's replies are held back.
+    hold: Arc<AtomicBool>,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn proxy() -> Proxy {
     let upstream = address()
         .trim_start_matches("redis://")
         .split('/')
@@ -440,8 +449,11 @@ async fn proxy() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
     let counter = turns.clone();
     let hold = Arc::new(AtomicBool::new(false));
     let held = hold.clone();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepts = accepted.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            accepts.fetch_add(1, Ordering::AcqRel);
             let Ok(server) = TcpStream::connect(&upstream).await else {
                 continue;
             };
@@ -481,7 +493,12 @@ async fn proxy() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
             });
         }
     });
-    (local, turns, hold)
+    Proxy {
+        address: local,
+        turns,
+        hold,
+        accepted,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -975,9 +992,10 @@ async fn blocking_publishes_keep_a_connection_and_survive_it_being_closed() {
 /// again; the next publish goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blocking_publish_without_a_reply_times_out_and_is_not_resent() {
-    let (proxy, _, hold) = proxy().await;
+    let proxy = proxy().await;
+    let hold = proxy.hold.clone();
     let db = address().rsplit('/').next().unwrap_or("0").to_owned();
-    let broker = polybus::connect_url(&format!("redis://{proxy}/{db}?mode=list"))
+    let broker = polybus::connect_url(&format!("redis://{}/{db}?mode=list", proxy.address))
         .await
         .unwrap();
     let topic = unique("blocking-timeout");
@@ -985,6 +1003,7 @@ async fn a_blocking_publish_without_a_reply_times_out_and_is_not_resent() {
     publish_blocking(&broker, Message::text(&topic, "first"), wait)
         .await
         .unwrap();
+    let connections = proxy.accepted.load(Ordering::Acquire);
     hold.store(true, Ordering::Release);
     let started = Instant::now();
     let err = publish_blocking(
@@ -1007,6 +1026,11 @@ async fn a_blocking_publish_without_a_reply_times_out_and_is_not_resent() {
     publish_blocking(&broker, Message::text(&topic, "next"), wait)
         .await
         .unwrap();
+    assert_eq!(
+        proxy.accepted.load(Ordering::Acquire),
+        connections + 1,
+        "the connection left without its reply is not used again"
+    );
     let mut conn = plain().await;
     let items: Vec<String> = conn.lrange(&topic, 0, -1).await.unwrap();
     assert_eq!(items.len(), 3, "each publish once: {items:?}");

@@ -100,6 +100,8 @@ pub async fn round_trip_preserves_id_key_headers_payload(broker: SharedBroker) {
 /// A publish from a thread that blocks on it (PHP, Python's `send_sync`): done on that
 /// thread where the backend can, handed back for `publish` where it cannot; either way the
 /// message arrives whole, and a bad one is refused with the same error as `publish` gives.
+/// (Redis and Kafka, which do it on the thread, check that it is not handed back in their own
+/// tests.)
 pub async fn a_blocking_publish_round_trips(broker: SharedBroker) {
     let topic = unique("blocking");
     let mut sub = broker.subscribe(spec(&topic, "g")).await.unwrap();

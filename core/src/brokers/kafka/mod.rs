@@ -112,21 +112,32 @@ struct Inner {
     known_topics: Mutex<HashSet<String>>,
     closed: AtomicBool,
     target: String,
+    /// How long librdkafka tries to deliver a message (`message.timeout.ms`): what an awaited
+    /// publish waits at most, and a blocking one too.
+    delivery_timeout: Duration,
 }
+
+/// librdkafka's `message.timeout.ms` when the URL sets none.
+const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long one flush of a blocking publish lasts before it looks at its own message again.
+const FLUSH_SLICE: Duration = Duration::from_millis(5);
 
 impl KafkaBroker {
     /// Creates the producer and admin client. Connections are made lazily by librdkafka.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
         let settings = KafkaSettings::from_config(config)?;
         let target = config.bootstrap_servers.join(",");
+        let producer_config = settings.producer();
+        let delivery_timeout = producer_config
+            .get("message.timeout.ms")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(DEFAULT_DELIVERY_TIMEOUT, Duration::from_millis);
         let producer: FutureProducer =
-            settings
-                .producer()
-                .create()
-                .map_err(|err| Error::Connection {
-                    target: target.clone(),
-                    reason: err.to_string(),
-                })?;
+            producer_config.create().map_err(|err| Error::Connection {
+                target: target.clone(),
+                reason: err.to_string(),
+            })?;
         let admin = settings.common.create().map_err(|err| Error::Connection {
             target: target.clone(),
             reason: err.to_string(),
@@ -139,6 +150,7 @@ impl KafkaBroker {
                 known_topics: Mutex::new(HashSet::new()),
                 closed: AtomicBool::new(false),
                 target,
+                delivery_timeout,
             }),
         })
     }
@@ -263,23 +275,35 @@ impl KafkaBroker {
                 .contains(topic)
     }
 
-    /// Queues one message on the calling thread, waiting (by sleeps of 5 ms, until `deadline`)
-    /// while librdkafka's local queue is full.
-    fn enqueue_blocking(&self, message: &Message, deadline: Instant) -> Result<DeliveryFuture> {
+    /// Queues one message on the calling thread, waiting (by sleeps of 5 ms) while librdkafka's
+    /// local queue is full; still full at `deadline`, it is `None`.
+    fn enqueue_blocking(
+        &self,
+        message: &Message,
+        deadline: Instant,
+    ) -> Option<Result<DeliveryFuture>> {
         loop {
             match self
                 .inner
                 .producer
                 .send_result(codec::to_record(message, 1))
             {
-                Ok(future) => return Ok(future),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if Instant::now() < deadline =>
-                {
+                Ok(future) => return Some(Ok(future)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((err, _)) => return Err(kafka_error(err)),
+                Err((err, _)) => return Some(Err(kafka_error(err))),
             }
+        }
+    }
+
+    fn publish_timed_out(&self, after: Duration) -> Error {
+        Error::Timeout {
+            operation: format!("a publish to {}", self.inner.target),
+            after,
         }
     }
 
@@ -321,11 +345,12 @@ impl Publisher for KafkaBroker {
         Self::receipt(message.id, future).await
     }
 
-    /// Queues the message and flushes on the calling thread: librdkafka sends what is queued at
-    /// once while a flush is under way, so the caller does not wait out `linger.ms` (a PHP
-    /// request publishing one event waited ~2.4 ms for each). The flush waits for every message
-    /// queued before this one too, which keeps them in order. A topic not created yet is
-    /// handed back: `publish` creates it.
+    /// Queues the message and flushes on the calling thread in slices of [`FLUSH_SLICE`],
+    /// until its own acknowledgement came: while a flush is under way librdkafka sends what is
+    /// queued without waiting out `linger.ms` (a PHP request publishing one event waited
+    /// ~2.4 ms for each). Messages of the same partition queued before it still go first
+    /// (librdkafka's queue per partition). A topic not created yet is handed back: `publish`
+    /// creates it. Bounded by `timeout` and `message.timeout.ms`.
     fn publish_blocking(&self, message: Message, timeout: Duration) -> BlockingPublish {
         if let Err(err) = self.ensure_open().and_then(|()| message.validate()) {
             return BlockingPublish::Done(Err(err));
@@ -333,33 +358,36 @@ impl Publisher for KafkaBroker {
         if !self.topic_ready(&message.topic) {
             return BlockingPublish::Declined(message);
         }
-        let timeout = timeout.min(self.inner.settings.flush_timeout);
+        let timeout = timeout.min(self.inner.delivery_timeout);
         let deadline = Instant::now() + timeout;
         let mut future = match self.enqueue_blocking(&message, deadline) {
-            Ok(future) => future,
-            Err(err) => return BlockingPublish::Done(Err(err)),
+            Some(Ok(future)) => future,
+            Some(Err(err)) => return BlockingPublish::Done(Err(err)),
+            None => return BlockingPublish::Done(Err(self.publish_timed_out(timeout))),
         };
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: the handle is the producer's own and lives as long as `self`; librdkafka
-        // allows a flush from any thread, and the delivery callbacks it serves here only
-        // complete the senders of delivery futures.
-        unsafe {
-            rdkafka::bindings::rd_kafka_flush(self.inner.producer.client().native_ptr(), millis);
-        }
-        // The producer's poll thread may be completing the future right now: look again
-        // until the deadline. Not delivered by then, it stays queued and may still be
-        // delivered (the caller may publish it again: at least once, same id).
+        let rk = self.inner.producer.client().native_ptr();
         loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                // Still queued: it may be delivered later (the caller may publish it again:
+                // at least once, same id).
+                return BlockingPublish::Done(Err(self.publish_timed_out(timeout)));
+            }
+            let slice = remaining.min(FLUSH_SLICE);
+            let millis = i32::try_from(slice.as_millis().max(1)).unwrap_or(i32::MAX);
+            let started = Instant::now();
+            // SAFETY: `rk` is the producer's own handle, alive as long as `self`; librdkafka
+            // allows a flush from any thread. It only waits (and sends at once while it does).
+            unsafe { rdkafka::bindings::rd_kafka_flush(rk, millis) };
+            // The producer's poll thread completes the future when the acknowledgement comes.
             if let Some(delivered) = (&mut future).now_or_never() {
                 return BlockingPublish::Done(Self::receipt_of(message.id, delivered));
             }
-            if Instant::now() >= deadline {
-                return BlockingPublish::Done(Err(Error::Timeout {
-                    operation: format!("a publish to {}", self.inner.target),
-                    after: timeout,
-                }));
+            if started.elapsed() < slice {
+                // Back early with ours not done: the poll thread is still handing out
+                // acknowledgements. Let it, rather than flushing again at once.
+                std::thread::sleep(Duration::from_micros(50));
             }
-            std::thread::sleep(Duration::from_micros(100));
         }
     }
 

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use ::redis::{Cmd, ConnectionAddr, ConnectionInfo, RedisResult};
 
-use super::direct::{Wire, closed_by_server, handshake, in_step, resend, timed_out};
+use super::direct::{
+    IN_USE, POOL_IDLE, Wire, closed_by_server, handshake, handshake_failed, in_step, resend,
+    timed_out,
+};
 use super::resp::Reply;
 use crate::brokers::direct_pool::DirectPool;
-
-/// Callers holding a connection at once, and idle connections kept.
-const IN_USE: usize = 4;
-const POOL_IDLE: usize = 4;
 
 /// The most one read takes off the socket.
 const SCRATCH: usize = 16 * 1024;
@@ -34,25 +33,35 @@ struct BlockingConnection {
     wire: Wire,
     /// Where each read lands before it joins the unread bytes (zeroed once, not per read).
     scratch: Vec<u8>,
-    /// The socket's read timeout as last set (set again only when a caller asks another).
-    read_timeout: Duration,
+    /// The socket's read and write timeouts as last set: set again only when a call needs
+    /// another, so a run of calls with the same bound makes no extra system call.
+    socket_timeout: Duration,
+}
+
+/// The time left until `deadline`, or the timeout error for `what`.
+fn left(deadline: Instant, what: &str) -> RedisResult<Duration> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(left.max(MIN_WAIT)),
+        _ => Err(timed_out(what)),
+    }
 }
 
 impl BlockingConnection {
-    /// Connects to `host:port` within `connect_timeout` (each address tried in turn) and sets
-    /// the connection up.
+    /// Connects to `host:port` (each address tried in turn, each for at most
+    /// `connect_timeout`) and sets the connection up, all before `deadline`.
     fn open(
         host: &str,
         port: u16,
         info: &ConnectionInfo,
         name: &str,
         connect_timeout: Duration,
-        response_timeout: Duration,
+        deadline: Instant,
     ) -> RedisResult<Self> {
         let mut last = None;
         let mut stream = None;
         for addr in (host, port).to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, connect_timeout) {
+            let wait = connect_timeout.min(left(deadline, "connecting")?);
+            match TcpStream::connect_timeout(&addr, wait) {
                 Ok(connected) => {
                     stream = Some(connected);
                     break;
@@ -72,17 +81,16 @@ impl BlockingConnection {
             }
         };
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(response_timeout))?;
-        stream.set_read_timeout(Some(response_timeout))?;
         let mut conn = BlockingConnection {
             stream,
             wire: Wire::default(),
             scratch: vec![0; SCRATCH],
-            read_timeout: response_timeout,
+            socket_timeout: Duration::ZERO,
         };
         for (cmd, required) in handshake(info, name) {
-            if let Err(err) = conn.query(&cmd, response_timeout)
-                && (required || !super::direct::answered(&err))
+            let wait = left(deadline, "connecting")?;
+            if let Err(err) = conn.query(&cmd, wait, deadline)
+                && handshake_failed(&err, required)
             {
                 return Err(err);
             }
@@ -90,38 +98,47 @@ impl BlockingConnection {
         Ok(conn)
     }
 
-    /// Sends `cmd` and reads its reply, waiting at most `timeout` for each part of it.
-    fn query(&mut self, cmd: &Cmd, timeout: Duration) -> RedisResult<Reply> {
-        if timeout != self.read_timeout {
-            self.stream.set_read_timeout(Some(timeout))?;
-            self.read_timeout = timeout;
+    /// Sets the socket's read and write timeouts to `wait` unless they are already.
+    fn wait_at_most(&mut self, wait: Duration) -> io::Result<()> {
+        if wait != self.socket_timeout {
+            self.stream.set_read_timeout(Some(wait))?;
+            self.stream.set_write_timeout(Some(wait))?;
+            self.socket_timeout = wait;
         }
-        // Set once a reply comes in parts (rare): a whole one needs no clock.
-        let mut deadline = None;
+        Ok(())
+    }
+
+    /// Sends `cmd` and reads its reply by `deadline`. `timeout` is the call's whole bound: the
+    /// socket waits that long (a stable value, set once) for the first part of the reply, and
+    /// only the time left for any later part.
+    fn query(&mut self, cmd: &Cmd, timeout: Duration, deadline: Instant) -> RedisResult<Reply> {
+        self.wait_at_most(timeout)?;
         self.wire.start(cmd)?;
         self.stream.write_all(&self.wire.out)?;
+        let mut first = true;
         loop {
             if let Some(reply) = self.wire.reply()? {
                 return Ok(reply);
             }
+            if !first {
+                let wait = left(deadline, "waiting for a reply")?;
+                if wait < self.socket_timeout {
+                    self.wait_at_most(wait)?;
+                }
+            }
+            first = false;
             match self.stream.read(&mut self.scratch) {
                 Ok(0) => return Err(closed_by_server()),
                 Ok(n) => self.wire.buf.extend_from_slice(&self.scratch[..n]),
-                // A signal: go on waiting, within the deadline.
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                // A signal, or the socket's wait ran out: the deadline decides.
                 Err(err)
                     if matches!(
                         err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(timed_out("waiting for a reply"));
-                }
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(err) => return Err(err.into()),
-            }
-            let now = Instant::now();
-            if now >= *deadline.get_or_insert(now + timeout) {
-                return Err(timed_out("waiting for a reply"));
             }
         }
     }
@@ -159,22 +176,24 @@ impl BlockingSingles {
         }
     }
 
-    /// Runs `cmd` on the calling thread, waiting at most `timeout` (and the broker's response
-    /// timeout) for its reply, or `None` when it cannot: not plain TCP, or [`IN_USE`] callers
-    /// hold a connection. A connection that failed is dropped; one that failed on its first
-    /// use after sitting idle (the server closed it) is replaced and the command sent again.
+    /// Runs `cmd` on the calling thread within `timeout` (and the broker's response timeout),
+    /// connecting first when no idle connection is kept, or `None` when it cannot: not plain
+    /// TCP, or [`IN_USE`] callers hold a connection. A connection that failed is dropped; one
+    /// that failed on its first use after sitting idle (the server closed it) is replaced and
+    /// the command sent again, within the same bound.
     pub fn query(&self, cmd: &Cmd, timeout: Duration) -> Option<RedisResult<Reply>> {
         let (host, port) = self.tcp.as_ref()?;
         let mut lease = self.pool.lease()?;
         let timeout = timeout.min(self.response_timeout).max(MIN_WAIT);
+        let deadline = Instant::now() + timeout;
         let open = || {
             BlockingConnection::open(
                 host,
                 *port,
                 &self.info,
                 &self.name,
-                self.connect_timeout.min(timeout),
-                self.response_timeout,
+                self.connect_timeout,
+                deadline,
             )
         };
         let (mut conn, reused) = match lease.idle() {
@@ -184,13 +203,13 @@ impl BlockingSingles {
                 Err(err) => return Some(Err(err)),
             },
         };
-        let mut reply = conn.query(cmd, timeout);
+        let mut reply = conn.query(cmd, timeout, deadline);
         if resend(reused, &reply) {
             conn = match open() {
                 Ok(conn) => conn,
                 Err(err) => return Some(Err(err)),
             };
-            reply = conn.query(cmd, timeout);
+            reply = conn.query(cmd, timeout, deadline);
         }
         if in_step(&reply) {
             lease.keep(conn);

@@ -140,7 +140,7 @@ impl DirectConnection {
         };
         for (cmd, required) in handshake(info, name) {
             if let Err(err) = conn.query(&cmd).await
-                && (required || !answered(&err))
+                && handshake_failed(&err, required)
             {
                 return Err(err);
             }
@@ -174,6 +174,12 @@ async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     let stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Whether `err` on a [`handshake`] step fails the connection: any error on a required step,
+/// and on the others anything but the server's refusal.
+pub(super) fn handshake_failed(err: &RedisError, required: bool) -> bool {
+    required || !answered(err)
 }
 
 /// The error for a connection the server closed.
@@ -214,9 +220,10 @@ pub(super) struct Singles {
     pool: DirectPool<DirectConnection>,
 }
 
-/// Callers holding a connection at once, and idle connections kept.
-const IN_USE: usize = 4;
-const POOL_IDLE: usize = 4;
+/// Callers holding a connection at once, and idle connections kept (for the blocking
+/// connections too).
+pub(super) const IN_USE: usize = 4;
+pub(super) const POOL_IDLE: usize = 4;
 
 impl Singles {
     pub fn new(
