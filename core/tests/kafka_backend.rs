@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{kafka_url, unique};
+use common::{kafka_url, publish_blocking, unique};
 use polybus::{
     BlockingPublish, Consumer, ConsumerOptions, HandlerError, Message, RetryPolicy, SharedBroker,
     SubscriptionSpec, handler_fn,
@@ -437,25 +437,6 @@ async fn an_unreachable_broker_fails_publishes_with_a_clear_error() {
         "{:?}",
         started.elapsed()
     );
-}
-
-/// Publishes `message` from a thread of its own with `publish_blocking`, which must be done
-/// there (not handed back for `publish`).
-async fn publish_blocking(
-    broker: &SharedBroker,
-    message: Message,
-    timeout: Duration,
-) -> polybus::Result<polybus::PublishReceipt> {
-    let broker = broker.clone();
-    match tokio::task::spawn_blocking(move || broker.publish_blocking(message, timeout))
-        .await
-        .unwrap()
-    {
-        BlockingPublish::Done(receipt) => receipt,
-        BlockingPublish::Declined(message) => {
-            panic!("a blocking publish to a known topic was handed back: {message:?}")
-        }
-    }
 }
 
 /// A caller blocking on its publish (PHP, Python's `send_sync`) does not wait out `linger.ms`,

@@ -4,13 +4,13 @@
 //! and prompt shutdown. Every scenario uses keys of its own and is bounded in time.
 
 mod common;
-use common::unique;
+use common::{publish_blocking, unique};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use polybus::{BlockingPublish, Delivery, Message, SharedBroker, Subscription, SubscriptionSpec};
+use polybus::{Delivery, Message, SharedBroker, Subscription, SubscriptionSpec};
 use redis::AsyncCommands;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -923,25 +923,6 @@ async fn single_publishes_survive_their_idle_connection_being_closed() {
     assert_eq!(length, 41, "every publish is in the list");
     let _: i64 = admin.del(&topic).await.unwrap();
     drop_user(&mut admin, &user).await;
-}
-
-/// Publishes `message` from a thread of its own with `publish_blocking`, which must be done
-/// there (not handed back for `publish`).
-async fn publish_blocking(
-    broker: &SharedBroker,
-    message: Message,
-    timeout: Duration,
-) -> polybus::Result<polybus::PublishReceipt> {
-    let broker = broker.clone();
-    match tokio::task::spawn_blocking(move || broker.publish_blocking(message, timeout))
-        .await
-        .unwrap()
-    {
-        BlockingPublish::Done(receipt) => receipt,
-        BlockingPublish::Declined(message) => {
-            panic!("a blocking publish on plain TCP was handed back: {message:?}")
-        }
-    }
 }
 
 /// Blocking publishes (PHP's, Python's `send_sync`) run on the caller's thread, one after

@@ -56,3 +56,22 @@ pub fn script(name: &str) -> std::path::PathBuf {
         .join("../scripts")
         .join(name)
 }
+
+/// Publishes `message` with `publish_blocking` on a thread of its own (it blocks), which must
+/// publish it there rather than hand it back for `publish`.
+pub async fn publish_blocking(
+    broker: &polybus::SharedBroker,
+    message: polybus::Message,
+    timeout: std::time::Duration,
+) -> polybus::Result<polybus::PublishReceipt> {
+    let broker = broker.clone();
+    match tokio::task::spawn_blocking(move || broker.publish_blocking(message, timeout))
+        .await
+        .unwrap()
+    {
+        polybus::BlockingPublish::Done(receipt) => receipt,
+        polybus::BlockingPublish::Declined(message) => {
+            panic!("a blocking publish was handed back for `publish`: {message:?}")
+        }
+    }
+}
