@@ -500,3 +500,93 @@ async fn a_blocking_publish_does_not_wait_out_the_linger_and_keeps_order() {
     );
     broker.close().await.unwrap();
 }
+
+/// A blocking publish that finds librdkafka's queue still full at its deadline fails as a
+/// `Timeout` naming the caller's bound, and was not queued: what filled the queue is delivered
+/// and the next blocking publish goes through (one key: one partition, in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocking_publish_to_a_full_queue_times_out_at_its_bound() {
+    let broker = polybus::connect_url(&format!(
+        "{}&linger.ms=1500&queue.buffering.max.messages=1",
+        kafka_url()
+    ))
+    .await
+    .unwrap();
+    let topic = unique("blocking-full");
+    // Creates the topic (a blocking publish hands a topic not created yet back).
+    broker
+        .publish(Message::text(&topic, "created").with_key("k"))
+        .await
+        .unwrap();
+    // Fills the queue of one message; it waits out the linger there. Polled for a while: the
+    // first message may still count against the queue for a moment after its acknowledgement.
+    let mut queued = Box::pin(futures::future::maybe_done(
+        broker.publish(Message::text(&topic, "queued").with_key("k")),
+    ));
+    for _ in 0..20 {
+        let _ = futures::poll!(queued.as_mut());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let bound = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = publish_blocking(
+        &broker,
+        Message::text(&topic, "refused").with_key("k"),
+        bound,
+    )
+    .await
+    .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(err, polybus::Error::Timeout { after, .. } if after == bound),
+        "a full queue at the deadline is a Timeout after the caller's bound: {err:?}"
+    );
+    assert!(
+        waited >= bound && waited < Duration::from_millis(1400),
+        "waited {waited:?} for a bound of {bound:?}"
+    );
+
+    queued.as_mut().await;
+    queued.as_mut().take_output().unwrap().unwrap();
+    publish_blocking(&broker, Message::text(&topic, "next").with_key("k"), WAIT)
+        .await
+        .unwrap();
+
+    let plain: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", format!("{topic}.check"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    plain.subscribe(&[topic.as_str()]).unwrap();
+    let bodies = tokio::task::spawn_blocking(move || {
+        use rdkafka::Message as _;
+        let deadline = Instant::now() + WAIT;
+        let mut bodies = Vec::new();
+        while bodies.len() < 3 {
+            assert!(Instant::now() < deadline, "only {bodies:?} arrived");
+            if let Some(result) = plain.poll(Duration::from_millis(200)) {
+                let record = result.unwrap();
+                bodies.push(String::from_utf8(record.payload().unwrap().to_vec()).unwrap());
+            }
+        }
+        // Nothing else arrives: the refused message was never queued.
+        let quiet = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < quiet {
+            if let Some(result) = plain.poll(Duration::from_millis(200)) {
+                let record = result.unwrap();
+                bodies.push(String::from_utf8(record.payload().unwrap().to_vec()).unwrap());
+            }
+        }
+        bodies
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        bodies,
+        ["created", "queued", "next"],
+        "the refused message was not queued"
+    );
+    broker.close().await.unwrap();
+}
