@@ -27,6 +27,7 @@ use tokio::task::AbortHandle;
 
 use crate::errors::to_py;
 use crate::receipt::Receipt;
+use crate::sending::Sending;
 
 /// A finished piece of work, waiting for the loop to hand its value to the awaiting future.
 pub trait Ready: Send + 'static {
@@ -155,8 +156,9 @@ impl Port {
         }
     }
 
-    /// Resolves everything queued (on the loop's thread).
-    fn drain(&self, py: Python<'_>) {
+    /// Resolves everything queued (on the loop's thread). `Sending` futures are settled first,
+    /// all of them, then their done callbacks run (see [`crate::sending`]).
+    fn drain(&self, py: Python<'_>) -> PyResult<()> {
         let mut sink = [0u8; 256];
         loop {
             match (&self.wake_rx).read(&mut sink) {
@@ -166,8 +168,20 @@ impl Port {
             }
         }
         let ready = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut settled = Vec::new();
         for (future, ready) in ready {
             let future = future.bind(py);
+            if let Ok(sending) = future.cast::<Sending>() {
+                if !Sending::waiting(sending) {
+                    ready.abandon();
+                    continue;
+                }
+                let outcome = ready
+                    .into_value(py)
+                    .map_err(|err| err.into_value(py).into_any());
+                settled.extend(Sending::settle(sending, outcome));
+                continue;
+            }
             let done = future
                 .call_method0(pyo3::intern!(py, "done"))
                 .and_then(|d| d.is_truthy())
@@ -186,6 +200,7 @@ impl Port {
                 err.write_unraisable(py, Some(future));
             }
         }
+        crate::sending::run_settled(py, settled)
     }
 }
 
@@ -195,8 +210,8 @@ struct Drain(Arc<Port>);
 
 #[pymethods]
 impl Drain {
-    fn __call__(&self, py: Python<'_>) {
-        self.0.drain(py);
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        self.0.drain(py)
     }
 }
 
@@ -319,24 +334,35 @@ where
 }
 
 /// Publishes `message` with `broker` at the end of this loop tick, together with the other
-/// messages of the tick; `future` (of the running loop) resolves with its receipt.
-pub fn publish_at_end_of_tick(
-    py: Python<'_>,
+/// messages of the tick; returns the [`Sending`] (of `event_loop`, the running loop) that
+/// resolves with its receipt.
+pub fn send<'py>(
+    py: Python<'py>,
+    event_loop: &Bound<'py, PyAny>,
     broker: SharedBroker,
     message: Message,
-    future: &Bound<'_, PyAny>,
-) -> PyResult<()> {
-    let event_loop = future.call_method0(pyo3::intern!(py, "get_loop"))?;
-    let port = port_of(py, &event_loop)?;
+) -> PyResult<Bound<'py, Sending>> {
+    let port = port_of(py, event_loop)?;
+    let sending = Bound::new(py, Sending::new(event_loop.clone().unbind()))?;
     let first = {
         let mut outbox = port.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        outbox.push((broker, message, future.clone().unbind()));
+        outbox.push((broker, message, sending.clone().into_any().unbind()));
         outbox.len() == 1
     };
     if first {
         event_loop.call_method1(pyo3::intern!(py, "call_soon"), (FlushOutbox(port),))?;
     }
-    Ok(())
+    Ok(sending)
+}
+
+/// The running asyncio loop, or None outside one.
+pub fn running_loop_or_none(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    // `_get_running_loop` returns None instead of raising: no exception made per call.
+    let event_loop = GET_RUNNING_LOOP
+        .import(py, "asyncio", "_get_running_loop")?
+        .call0()?;
+    Ok((!event_loop.is_none()).then_some(event_loop))
 }
 
 /// Runs `work` on the runtime; returns an `asyncio.Future` of its result. Cancelling the future

@@ -11,6 +11,7 @@ mod errors;
 mod payload;
 mod receipt;
 mod runtime;
+mod sending;
 
 use pyo3::prelude::*;
 
@@ -21,6 +22,7 @@ fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<broker::Broker>()?;
     m.add_class::<consumer::NativeConsumer>()?;
     m.add_class::<receipt::Receipt>()?;
+    m.add_class::<sending::Sending>()?;
     m.add("NOT_DECODED", decode::not_decoded(m.py())?)?;
     m.add_function(wrap_pyfunction!(decode::decode_body, m)?)?;
     errors::register(m)?;

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
+from typing import Any
 
 import polybus
 import pytest
+from polybus import HandlerRunner, registered_handlers
 
 BROKERS = {
     "memory": "memory://pytest",
@@ -38,3 +42,24 @@ def topic() -> str:
 def _fresh_registry() -> None:
     polybus.clear_handlers()
     polybus.clear_providers()
+
+
+async def run_handlers(
+    topic: str, body: Any, *, until: Any, timeout: float = 30.0
+) -> list[HandlerRunner]:
+    """Starts the handlers registered for `topic`, runs `body`, waits until `until()` holds."""
+    runners = [HandlerRunner(spec) for spec in registered_handlers([topic])]
+    for runner in runners:
+        await runner.start()
+    for runner in runners:
+        await runner.wait_ready()
+    try:
+        await body()
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "timed out waiting for the handlers"
+            await asyncio.sleep(0.02)
+    finally:
+        for runner in runners:
+            await runner.stop()
+    return runners

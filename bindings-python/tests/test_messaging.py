@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import polybus
 import pytest
+from conftest import run_handlers
 from polybus import (
     HandlerRunner,
     MessageContext,
@@ -29,24 +30,6 @@ class OrderCreated(BaseModel):
     user_id: int
 
 
-async def _run(topic: str, body: Any, *, until: Any, timeout: float = 30.0) -> list[HandlerRunner]:
-    runners = [HandlerRunner(spec) for spec in registered_handlers([topic])]
-    for runner in runners:
-        await runner.start()
-    for runner in runners:
-        await runner.wait_ready()
-    try:
-        await body()
-        deadline = time.monotonic() + timeout
-        while not until():
-            assert time.monotonic() < deadline, "timed out waiting for the handlers"
-            await asyncio.sleep(0.02)
-    finally:
-        for runner in runners:
-            await runner.stop()
-    return runners
-
-
 def test_dict_round_trip_with_key_headers_and_context(broker_url: str, topic: str) -> None:
     seen: list[tuple[dict, MessageContext]] = []
 
@@ -60,7 +43,7 @@ def test_dict_round_trip_with_key_headers_and_context(broker_url: str, topic: st
         )
         assert receipt.id
 
-    asyncio.run(_run(topic, send, until=lambda: seen))
+    asyncio.run(run_handlers(topic, send, until=lambda: seen))
     message, context = seen[0]
     assert message == {"order_id": 1, "user_id": 2}
     assert (context.topic, context.key, context.headers.get("tenant"), context.attempt) == (
@@ -82,7 +65,7 @@ def test_pydantic_models_are_sent_and_validated(broker_url: str, topic: str) -> 
     async def send() -> None:
         await get_producer().send(topic, OrderCreated(order_id=7, user_id=8))
 
-    asyncio.run(_run(topic, send, until=lambda: seen))
+    asyncio.run(run_handlers(topic, send, until=lambda: seen))
     assert seen == [OrderCreated(order_id=7, user_id=8)]
 
 
@@ -101,7 +84,7 @@ def test_one_handler_reads_several_topics_and_sync_handlers_run_in_threads(
         await get_producer().send(topic, {"n": 1})
         await get_producer().send(other, {"n": 2})
 
-    asyncio.run(_run(topic, send, until=lambda: len(seen) == 2))
+    asyncio.run(run_handlers(topic, send, until=lambda: len(seen) == 2))
     assert sorted(seen) == sorted([topic, other])
 
 
@@ -123,7 +106,7 @@ def test_concurrent_sends_of_one_key_arrive_in_order_and_handlers_keep_it(
         )
         assert len({r.id for r in receipts}) == 300
 
-    asyncio.run(_run(topic, send, until=lambda: len(seen) >= 300))
+    asyncio.run(run_handlers(topic, send, until=lambda: len(seen) >= 300))
     assert sorted(seen) == list(range(300))
     if get_producer().broker.capabilities["ordering_per_key"]:
         assert seen == list(range(300))
@@ -148,7 +131,7 @@ def test_handlers_never_run_more_than_concurrency_at_once(broker_url: str, topic
         messages = [{"n": n} for n in range(60)]
         await get_producer().send_batch(topic, messages, keys=[f"k{n}" for n in range(60)])
 
-    asyncio.run(_run(topic, send, until=lambda: len(done) >= 60))
+    asyncio.run(run_handlers(topic, send, until=lambda: len(done) >= 60))
     assert sorted(done) == list(range(60))
     assert most == 3, f"{most} handlers ran at once with concurrency=3"
 
@@ -199,7 +182,7 @@ def test_concurrency_one_handles_each_queue_in_order(broker_url: str, topic: str
     async def send() -> None:
         await get_producer().send_batch(topic, [{"n": n} for n in range(100)])
 
-    asyncio.run(_run(topic, send, until=lambda: sum(map(len, seen.values())) >= 100))
+    asyncio.run(run_handlers(topic, send, until=lambda: sum(map(len, seen.values())) >= 100))
     assert sorted(n for queue in seen.values() for n in queue) == list(range(100))
     for queue in seen.values():  # (a Kafka topic's partitions are queues of their own)
         assert queue == sorted(queue)
@@ -214,7 +197,7 @@ def test_send_is_a_future_a_task_and_a_coroutine(topic: str) -> None:
 
     async def inside() -> list[polybus.Receipt]:
         sending = producer.send(topic, {"n": 1})
-        assert isinstance(sending, asyncio.Future)
+        assert asyncio.isfuture(sending)
         one = await sending
         assert sending.done() and sending.result() == one
         two = await asyncio.create_task(producer.send(topic, {"n": 2}))
@@ -251,7 +234,7 @@ def test_send_batch_and_send_sync(broker_url: str, topic: str) -> None:
             None, lambda: get_producer().send_sync(topic, {"n": 50})
         )
 
-    asyncio.run(_run(topic, send, until=lambda: len(seen) == 51))
+    asyncio.run(run_handlers(topic, send, until=lambda: len(seen) == 51))
     assert sorted(seen) == list(range(51))
 
 
@@ -353,7 +336,7 @@ def test_dependencies_are_injected_by_name(broker_url: str, topic: str) -> None:
     async def send() -> None:
         await get_producer().send(topic, {"n": 1})
 
-    asyncio.run(_run(topic, send, until=lambda: seen and events[-1:] == ["close"]))
+    asyncio.run(run_handlers(topic, send, until=lambda: seen and events[-1:] == ["close"]))
     assert seen == [("db-session", "EUR", "now")]
     assert events == ["open", "close"], "one session per message, closed after it"
 
@@ -419,7 +402,7 @@ def test_every_kind_of_payload_arrives_as_python_would_encode_it(topic: str) -> 
             await producer.send(topic, value)
         await producer.send_batch(topic, sent[4:])
 
-    asyncio.run(_run(topic, send, until=lambda: len(seen) == len(sent)))
+    asyncio.run(run_handlers(topic, send, until=lambda: len(seen) == len(sent)))
     expected = [json.loads(json.dumps(v, default=str)) for v in sent[:6]]
     expected[4] = {"when": stamp.isoformat()}
     assert [m for m, _ in seen[:6]] == expected
@@ -442,7 +425,7 @@ def test_a_handler_of_the_message_alone_gets_every_kind_of_payload_too(topic: st
     async def send() -> None:
         await get_producer().send_batch(topic, sent)
 
-    asyncio.run(_run(topic, send, until=lambda: len(seen) == len(sent)))
+    asyncio.run(run_handlers(topic, send, until=lambda: len(seen) == len(sent)))
     assert seen == [{"big": 2**64 + 1, "n": -0.0}, {"f": 0.1}, "plain text", b"\x00\xffraw"]
     assert type(seen[0]["big"]) is int
 
@@ -471,7 +454,7 @@ def test_a_forked_child_gets_a_working_runtime_of_its_own(topic: str) -> None:
         code = 1
         try:
             asyncio.run(
-                _run(
+                run_handlers(
                     topic,
                     lambda: get_producer().send(topic, {"from": "child"}),
                     until=lambda: len(seen) == 2,

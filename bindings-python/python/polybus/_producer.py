@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, cast
 
 from . import _polybus
+from ._polybus import Sending
 from ._types import FailoverStatus, Receipt
+
+
+async def _send_when_awaited(
+    broker: _polybus.Broker,
+    topic: str,
+    message: Any,
+    key: Optional[str],
+    headers: Optional[Mapping[str, str]],
+    message_id: Optional[str],
+) -> Receipt:
+    # What ``send`` returns when called outside a running loop (the engine calls it).
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "send() must be awaited inside a running asyncio loop; "
+            "from blocking code use send_sync()"
+        ) from None
+    return await cast(
+        Sending, broker.send(topic, message, key=key, headers=headers, message_id=message_id)
+    )
 
 
 def _outgoing(
@@ -21,37 +43,16 @@ def _outgoing(
     return (topic, message, key, dict(headers) if headers else None, message_id)
 
 
-class Sending(asyncio.Future[Receipt], Coroutine[Any, Any, Receipt]):
-    """A publish under way: an ``asyncio.Future`` of its :class:`Receipt` that also works as a
-    coroutine, so ``await``, ``asyncio.gather``, ``asyncio.wait_for`` and
-    ``asyncio.create_task`` all accept it (``gather`` without creating a task per message)."""
-
-    _steps: Optional[Generator[Any, None, Receipt]] = None
-
-    def send(self, value: None) -> Any:
-        """Coroutine protocol: advances the wait for the receipt."""
-        if self._steps is None:
-            self._steps = self.__await__()
-        return self._steps.send(value)
-
-    def throw(self, *args: Any) -> Any:  # type: ignore[override]
-        """Coroutine protocol: raises inside the wait for the receipt."""
-        if self._steps is None:
-            self._steps = self.__await__()
-        return self._steps.throw(*args)
-
-    def close(self) -> None:
-        """Coroutine protocol: abandons the wait (the publish itself carries on)."""
-        if self._steps is not None:
-            self._steps.close()
-
-
 class Producer:
     """Publishes messages. Use it from asyncio (``send``, ``send_batch``) or from blocking
     code (``send_sync``); as an async context manager it flushes and closes on exit."""
 
     def __init__(self, broker: _polybus.Broker) -> None:
         self._broker = broker
+        if type(self).send is Producer.send:
+            # The engine's ``send`` itself (same signature and behaviour as the method below):
+            # no Python frame per message. A subclass that overrides ``send`` keeps its own.
+            self.send = broker.send  # type: ignore[method-assign]
 
     @property
     def broker(self) -> _polybus.Broker:
@@ -70,29 +71,13 @@ class Producer:
         """Publishes one message; await the result for the broker's receipt.
 
         Inside a running loop the publish is under way when ``send`` returns (as with
-        confluent-kafka's ``produce``), and invalid messages raise at once. Called before a loop
-        runs (``asyncio.run(producer.send(...))``) it returns a coroutine that publishes when
+        confluent-kafka's ``produce``), and invalid messages raise at once. The result is a
+        :class:`Sending`: a future (``asyncio.isfuture``) that is also a coroutine, so ``await``,
+        ``asyncio.gather`` (without a task per message), ``asyncio.wait_for`` and
+        ``asyncio.create_task`` all accept it. Called before a loop runs
+        (``asyncio.run(producer.send(...))``) it returns a coroutine that publishes when
         awaited. From blocking code use ``send_sync``."""
-        outgoing = _outgoing(topic, message, key, headers, message_id)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return cast(Sending, self._send_when_awaited(outgoing))
-        sending = Sending(loop=loop)
-        self._broker.publish(outgoing, sending)
-        return sending
-
-    async def _send_when_awaited(self, outgoing: _polybus.Outgoing) -> Receipt:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "send() must be awaited inside a running asyncio loop; "
-                "from blocking code use send_sync()"
-            ) from None
-        sending = Sending(loop=loop)
-        self._broker.publish(outgoing, sending)
-        return await sending
+        return self._broker.send(topic, message, key=key, headers=headers, message_id=message_id)
 
     async def send_batch(
         self,

@@ -1,0 +1,278 @@
+"""What ``send`` returns: a native future of the receipt that asyncio takes as its own.
+
+A memory topic of capacity 1 that no group reads keeps a publish waiting: the first message
+fills it, the next waits for room. That gives a ``Sending`` that stays pending as long as a test
+needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import uuid
+from types import MappingProxyType
+from typing import Any
+
+import polybus
+import pytest
+from conftest import run_handlers
+from polybus import get_producer, message_handler
+from polybus._polybus import Broker, ClosedError, Sending
+
+CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("CURRENT", default="none")
+
+
+def _full_topic() -> str:
+    """Configures a memory broker whose topics hold one message; returns a topic to use."""
+    polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}?capacity=1")
+    return "full"
+
+
+async def _pending(topic: str) -> Sending:
+    """A send that stays pending: the topic is full once the first message is in."""
+    await get_producer().send(topic, {"n": 0})
+    sending = get_producer().send(topic, {"n": 1})
+    await asyncio.sleep(0.05)
+    assert not sending.done()
+    return sending
+
+
+async def _failed() -> Sending:
+    """A send that failed: its broker was closed."""
+    broker = Broker.connect(url=f"memory://closed-{uuid.uuid4().hex[:8]}")
+    await broker.close()
+    sending = broker.send("t", {"n": 1})
+    while not sending.done():
+        await asyncio.sleep(0.005)
+    return sending
+
+
+def test_a_thousand_gathered_sends_resolve_in_order(broker_url: str, topic: str) -> None:
+    seen: list[int] = []
+
+    @message_handler(topic=topic, concurrency=8)
+    async def handle(message: dict) -> None:
+        seen.append(message["n"])
+
+    receipts: list[polybus.Receipt] = []
+
+    async def send() -> None:
+        producer = get_producer()
+        receipts.extend(
+            await asyncio.gather(*(producer.send(topic, {"n": n}) for n in range(1000)))
+        )
+
+    asyncio.run(run_handlers(topic, send, until=lambda: len(seen) >= 1000))
+    assert sorted(seen) == list(range(1000))
+    assert len(receipts) == 1000 and len({r.id for r in receipts}) == 1000
+    if broker_url.startswith("memory"):
+        assert [r.offset for r in receipts] == list(range(1000))
+
+
+def test_it_is_a_future_for_asyncio() -> None:
+    topic = _full_topic()
+
+    async def main() -> None:
+        sending = await _pending(topic)
+        assert asyncio.isfuture(sending) and asyncio.iscoroutine(sending)
+        assert sending.get_loop() is asyncio.get_running_loop()
+        assert repr(sending) == "<Sending pending>"
+        with pytest.raises(asyncio.InvalidStateError, match="Result is not set"):
+            sending.result()
+        with pytest.raises(asyncio.InvalidStateError, match="Exception is not set"):
+            sending.exception()
+        # shield() takes it as a future and keeps it going.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sending), 0.02)
+        assert not sending.done()
+        # wait_for() cancels it at its timeout: the wait stops, the publish carries on.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(sending, 0.02)
+        assert sending.cancelled() and repr(sending) == "<Sending cancelled>"
+
+    asyncio.run(main())
+
+
+def test_done_callbacks_run_in_their_context_and_can_be_removed() -> None:
+    async def main() -> None:
+        producer = get_producer()
+        calls: list[tuple[str, Any]] = []
+
+        def record(name: str) -> Any:
+            return lambda fut: calls.append((name, CURRENT.get(), fut.result().offset))
+
+        CURRENT.set("at add")
+        sending = producer.send("cb", {"n": 0})
+        first, second, removed = record("first"), record("second"), record("removed")
+        sending.add_done_callback(first)
+        explicit = contextvars.copy_context()
+        explicit.run(CURRENT.set, "explicit")
+        sending.add_done_callback(second, context=explicit)
+        sending.add_done_callback(removed)
+        sending.add_done_callback(removed)
+        assert sending.remove_done_callback(removed) == 2
+        assert sending.remove_done_callback(removed) == 0
+        CURRENT.set("later")
+        receipt = await sending
+        assert calls == [("first", "at add", receipt.offset), ("second", "explicit", 0)]
+        # Added once done: scheduled with call_soon, not run on the spot.
+        sending.add_done_callback(record("late"))
+        assert len(calls) == 2
+        await asyncio.sleep(0)
+        assert calls[-1] == ("late", "later", 0)
+
+    polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
+    asyncio.run(main())
+
+
+def test_a_callback_that_raises_goes_to_the_exception_handler_and_the_others_run() -> None:
+    async def main() -> None:
+        reported: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        producer = get_producer()
+        ran: list[int] = []
+
+        def boom(_: Sending) -> None:
+            raise ValueError("callback broke")
+
+        first, second = producer.send("cb", {"n": 0}), producer.send("cb", {"n": 1})
+        first.add_done_callback(boom)
+        first.add_done_callback(lambda _: ran.append(0))
+        second.add_done_callback(lambda _: ran.append(1))
+        await asyncio.gather(first, second)
+        assert ran == [0, 1]
+        assert len(reported) == 1
+        assert isinstance(reported[0]["exception"], ValueError)
+        assert reported[0]["future"] is first
+        assert reported[0]["message"].startswith("Exception in callback")
+
+    polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
+    asyncio.run(main())
+
+
+def test_keyboard_interrupt_in_a_callback_propagates_and_no_callback_is_lost() -> None:
+    polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
+    ran: list[str] = []
+
+    def interrupt(_: Sending) -> None:
+        raise KeyboardInterrupt
+
+    async def start() -> tuple[Sending, Sending]:
+        first, second = get_producer().send("kb", {"n": 0}), get_producer().send("kb", {"n": 1})
+        first.add_done_callback(interrupt)
+        first.add_done_callback(lambda _: ran.append("first"))
+        second.add_done_callback(lambda _: ran.append("second"))
+        return first, second
+
+    loop = asyncio.new_event_loop()
+    try:
+        first, second = loop.run_until_complete(start())
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(5))
+        assert first.done() and second.done() and ran == []
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert ran == ["first", "second"]
+    finally:
+        loop.close()
+
+
+def test_cancel_stops_the_wait_and_the_awaiting_task() -> None:
+    topic = _full_topic()
+
+    async def main() -> None:
+        sending = await _pending(topic)
+        waiter = asyncio.ensure_future(asyncio.gather(sending))
+        await asyncio.sleep(0)
+        assert sending.cancel("enough") and not sending.cancel()
+        assert sending.cancelled() and sending.done()
+        assert sending._cancel_message == "enough"
+        with pytest.raises(asyncio.CancelledError, match="enough"):
+            sending.result()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert isinstance(sending._make_cancelled_error(), asyncio.CancelledError)
+        # A task awaiting a send is cancelled through it.
+        other = get_producer().send(topic, {"n": 2})
+        task = asyncio.ensure_future(other)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert other.cancelled()
+        # gather(return_exceptions=True) hands the cancellation back as a value.
+        third = get_producer().send(topic, {"n": 3})
+        gathering = asyncio.ensure_future(asyncio.gather(third, return_exceptions=True))
+        await asyncio.sleep(0)
+        third.cancel()
+        [outcome] = await gathering
+        assert isinstance(outcome, asyncio.CancelledError)
+
+    asyncio.run(main())
+
+
+def test_a_failed_send_raises_and_an_unread_failure_is_reported() -> None:
+    async def main() -> None:
+        sending = await _failed()
+        with pytest.raises(ClosedError):
+            sending.result()
+        assert isinstance(sending.exception(), ClosedError)
+        assert repr(sending).startswith("<Sending finished exception=ClosedError")
+        with pytest.raises(ClosedError):
+            await sending
+        reported: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        unread = await _failed()
+        del unread
+        gc.collect()
+        assert [ctx["message"] for ctx in reported] == ["Sending exception was never retrieved"]
+        assert isinstance(reported[0]["exception"], ClosedError)
+        read = await _failed()
+        read.exception()
+        del read
+        gc.collect()
+        assert len(reported) == 1
+
+    asyncio.run(main())
+
+
+def test_the_coroutine_protocol() -> None:
+    async def main() -> None:
+        producer = get_producer()
+        receipt = await asyncio.get_running_loop().create_task(producer.send("co", {"n": 0}))
+        assert receipt.offset == 0
+        done = producer.send("co", {"n": 1})
+        await done
+        with pytest.raises(StopIteration) as stop:
+            done.send(None)
+        assert stop.value.value == done.result()
+        with pytest.raises(TypeError, match="non-None"):
+            done.send(1)
+        with pytest.raises(ValueError, match="thrown"):
+            done.throw(ValueError("thrown"))
+        with pytest.raises(ValueError, match="typed"):
+            done.throw(ValueError, "typed")
+        with pytest.raises(TypeError, match="BaseException"):
+            done.throw(1)
+        done.close()
+
+    polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
+    asyncio.run(main())
+
+
+def test_headers_may_be_any_mapping_and_anything_else_is_named() -> None:
+    seen: list[dict[str, str]] = []
+
+    @message_handler(topic="hdr")
+    async def handle(message: dict, context: polybus.MessageContext) -> None:
+        seen.append(dict(context.headers))
+
+    async def send() -> None:
+        producer = get_producer()
+        await producer.send("hdr", {"n": 0}, headers=MappingProxyType({"tenant": "eu"}))
+        with pytest.raises(TypeError, match="headers must be a mapping of str to str, not list"):
+            producer.send("hdr", {"n": 1}, headers=["tenant"])  # type: ignore[arg-type]
+
+    polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
+    asyncio.run(run_handlers("hdr", send, until=lambda: len(seen) == 1))
+    assert seen[0]["tenant"] == "eu"
