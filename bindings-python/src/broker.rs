@@ -12,7 +12,6 @@ use polybus::{
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
 use crate::consumer::{ConsumerSettings, NativeConsumer};
@@ -45,27 +44,10 @@ pub fn message((topic, value, key, headers, id): Outgoing<'_>) -> PyResult<Messa
     Ok(message)
 }
 
-/// Headers from a dict, or from any other mapping of strings to strings.
-fn header_map(headers: &Bound<'_, PyAny>) -> PyResult<HashMap<String, String>> {
-    if let Ok(dict) = headers.cast::<PyDict>() {
-        return dict.extract();
-    }
-    let items = headers.call_method0("items").map_err(|_| {
-        pyo3::exceptions::PyTypeError::new_err(format!(
-            "headers must be a mapping of str to str, not {}",
-            headers.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-        ))
-    })?;
-    items
-        .try_iter()?
-        .map(|item| item?.extract::<(String, String)>())
-        .collect()
-}
-
 /// A connection to one broker (Kafka, RabbitMQ, Redis, memory or null).
 #[pyclass(module = "polybus._polybus", frozen)]
 pub struct Broker {
-    inner: SharedBroker,
+    pub(crate) inner: SharedBroker,
     url: String,
 }
 
@@ -211,37 +193,6 @@ impl Broker {
             dict.set_item(name, value)?;
         }
         Ok(dict)
-    }
-
-    /// Publishes one message; await the result for the broker's receipt.
-    ///
-    /// Inside a running loop the publish is under way when `send` returns (as with
-    /// confluent-kafka's `produce`; the sends of one loop tick reach the engine together, as one
-    /// batch), and invalid messages raise at once. The result is a `Sending`: a future
-    /// (`asyncio.isfuture`) that is also a coroutine, so `await`, `asyncio.gather` (without a
-    /// task per message), `asyncio.wait_for` and `asyncio.create_task` all accept it. Called
-    /// before a loop runs (`asyncio.run(producer.send(...))`) it returns a coroutine that
-    /// publishes when awaited. From blocking code use `send_sync`.
-    #[pyo3(signature = (topic, message, *, key=None, headers=None, message_id=None))]
-    fn send<'py>(
-        slf: &Bound<'py, Self>,
-        topic: String,
-        message: Bound<'py, PyAny>,
-        key: Option<String>,
-        headers: Option<Bound<'py, PyAny>>,
-        message_id: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let Some(event_loop) = crate::completion::running_loop_or_none(py)? else {
-            static LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            return LATER
-                .import(py, "polybus._producer", "_send_when_awaited")?
-                .call1((slf, topic, message, key, headers, message_id));
-        };
-        let headers = headers.map(|h| header_map(&h)).transpose()?;
-        let message = self::message((topic, message, key, headers, message_id))?;
-        crate::completion::send(py, &event_loop, slf.get().inner.clone(), message)
-            .map(Bound::into_any)
     }
 
     /// Publishes `messages` to `topic` pipelined; resolves with their receipts, or raises the

@@ -9,6 +9,7 @@ mod dead_letters;
 mod decode;
 mod errors;
 mod payload;
+mod producer;
 mod receipt;
 mod runtime;
 mod sending;
@@ -21,6 +22,7 @@ fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<broker::Broker>()?;
     m.add_class::<consumer::NativeConsumer>()?;
+    m.add_class::<producer::ProducerBase>()?;
     m.add_class::<receipt::Receipt>()?;
     m.add_class::<sending::Sending>()?;
     m.add("NOT_DECODED", decode::not_decoded(m.py())?)?;

@@ -1,8 +1,9 @@
 //! `Sending`: what a single `send` returns, a native future of the message's receipt.
 //!
-//! It speaks asyncio's future protocol (`asyncio.isfuture` holds, so `gather`, `wait`,
-//! `wait_for`, `shield`, tasks and `run_until_complete` take it as they take an
-//! `asyncio.Future`) and the coroutine protocol (so `create_task` takes it too).
+//! It speaks asyncio's future protocol (`asyncio.isfuture` holds, so `gather`, `wait_for`,
+//! `shield`, tasks and `run_until_complete` take it as they take an `asyncio.Future`) and the
+//! coroutine protocol (so `create_task` takes it too; like any coroutine, `asyncio.wait` wants
+//! it wrapped in a task).
 //!
 //! Why native: a thousand sends gathered are a thousand futures. The loop's port settles a
 //! tick's worth of them in one pass and runs their done callbacks right there, where an
@@ -16,7 +17,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 /// Where a publish stands.
@@ -25,6 +26,9 @@ enum State {
     Done(Py<PyAny>),
     Failed {
         exception: Py<PyAny>,
+        /// The exception's traceback when it came: raising it again starts from there, so
+        /// every `result()` or `await` does not add its frames to the last one's.
+        traceback: Py<PyAny>,
         retrieved: bool,
     },
     Cancelled(Option<Py<PyAny>>),
@@ -120,17 +124,23 @@ impl Sending {
         future: &Bound<'_, Sending>,
         outcome: Result<Py<PyAny>, Py<PyAny>>,
     ) -> Option<Settled> {
-        let mut me = future.borrow_mut();
-        if !me.is_pending() {
-            return None;
-        }
-        me.state = match outcome {
+        let py = future.py();
+        let state = match outcome {
             Ok(value) => State::Done(value),
             Err(exception) => State::Failed {
+                traceback: exception
+                    .bind(py)
+                    .getattr(pyo3::intern!(py, "__traceback__"))
+                    .map_or_else(|_| py.None(), Bound::unbind),
                 exception,
                 retrieved: false,
             },
         };
+        let mut me = future.borrow_mut();
+        if !me.is_pending() {
+            return None;
+        }
+        me.state = state;
         let callbacks = std::mem::take(&mut me.callbacks);
         Some(Settled {
             future: future.clone().unbind(),
@@ -169,9 +179,12 @@ pub fn run_settled(py: Python<'_>, settled: Vec<Settled>) -> PyResult<()> {
             if err.is_instance_of::<PySystemExit>(py)
                 || err.is_instance_of::<PyKeyboardInterrupt>(py)
             {
-                Sending::schedule(&future, callbacks.collect())?;
-                for rest in settled {
-                    Sending::schedule(rest.future.bind(py), rest.callbacks)?;
+                let mut rest = vec![(future.clone(), callbacks.collect::<Vec<_>>())];
+                rest.extend(settled.map(|s| (s.future.into_bound(py), s.callbacks)));
+                for (future, callbacks) in rest {
+                    if let Err(failed) = Sending::schedule(&future, callbacks) {
+                        failed.write_unraisable(py, Some(future.as_any()));
+                    }
                 }
                 return Err(err);
             }
@@ -191,10 +204,9 @@ fn report(py: Python<'_>, future: &Bound<'_, Sending>, func: &Py<PyAny>, err: Py
         )?;
         context.set_item("exception", err.value(py))?;
         context.set_item("future", future)?;
-        future
-            .borrow()
-            .event_loop(py)?
-            .call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
+        // (Not borrowed while the handler runs: it may use the future.)
+        let event_loop = future.borrow().event_loop(py)?;
+        event_loop.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
         Ok(())
     })();
     if let Err(failed) = reported {
@@ -227,10 +239,13 @@ impl Sending {
             State::Cancelled(message) => Err(cancelled_error(py, message.as_ref())),
             State::Failed {
                 exception,
+                traceback,
                 retrieved,
             } => {
                 *retrieved = true;
-                Err(PyErr::from_value(exception.bind(py).clone()))
+                let exception = exception.bind(py);
+                exception.setattr(pyo3::intern!(py, "__traceback__"), traceback.bind(py))?;
+                Err(PyErr::from_value(exception.clone()))
             }
             State::Done(value) => Ok(value.clone_ref(py)),
         }
@@ -245,6 +260,7 @@ impl Sending {
             State::Failed {
                 exception,
                 retrieved,
+                ..
             } => {
                 *retrieved = true;
                 Ok(Some(exception.clone_ref(py)))
@@ -282,7 +298,12 @@ impl Sending {
         let mut kept = Vec::with_capacity(before);
         let mut failure = None;
         for callback in callbacks {
-            match callback.func.bind(slf.py()).eq(func) {
+            let same = callback.func.bind(slf.py());
+            match if same.is(func) {
+                Ok(true)
+            } else {
+                same.eq(func)
+            } {
                 Ok(true) => {}
                 Ok(false) => kept.push(callback),
                 Err(err) => {
@@ -375,19 +396,29 @@ impl Sending {
     /// Coroutine protocol: raises the given exception where the wait is.
     #[pyo3(signature = (typ, val=None, tb=None))]
     fn throw(
-        &self,
+        _slf: &Bound<'_, Self>,
         typ: &Bound<'_, PyAny>,
         val: Option<&Bound<'_, PyAny>>,
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let _ = tb;
+        let val = val.filter(|v| !v.is_none());
         let exception = match typ.cast::<PyType>() {
             Ok(kind) if kind.is_subclass_of::<PyBaseException>()? => match val {
                 Some(val) if val.is_instance(kind)? => val.clone(),
-                Some(val) if !val.is_none() => kind.call1((val,))?,
-                _ => kind.call0()?,
+                Some(val) => match val.cast::<PyTuple>() {
+                    Ok(args) => kind.call1(args)?,
+                    Err(_) => kind.call1((val,))?,
+                },
+                None => kind.call0()?,
             },
-            _ if typ.is_instance_of::<PyBaseException>() => typ.clone(),
+            _ if typ.is_instance_of::<PyBaseException>() => {
+                if val.is_some() {
+                    return Err(PyTypeError::new_err(
+                        "instance exception may not have a separate value",
+                    ));
+                }
+                typ.clone()
+            }
             _ => {
                 return Err(PyTypeError::new_err(format!(
                     "exceptions must be classes or instances deriving from BaseException, not {}",
@@ -395,31 +426,42 @@ impl Sending {
                 )));
             }
         };
+        if let Some(tb) = tb.filter(|tb| !tb.is_none()) {
+            exception.setattr("__traceback__", tb)?;
+        }
         Err(PyErr::from_value(exception))
     }
 
     /// Coroutine protocol: abandons the wait (the publish itself carries on).
     fn close(&self) {}
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(match &self.state {
-            State::Pending => "<Sending pending>".to_owned(),
-            State::Cancelled(_) => "<Sending cancelled>".to_owned(),
-            State::Done(value) => format!("<Sending finished result={}>", value.bind(py).repr()?),
-            State::Failed { exception, .. } => {
-                format!(
-                    "<Sending finished exception={}>",
-                    exception.bind(py).repr()?
-                )
-            }
-        })
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        // Values taken out first: their repr may run Python code that uses this future.
+        let (what, value) = match &slf.borrow().state {
+            State::Pending => return Ok("<Sending pending>".to_owned()),
+            State::Cancelled(_) => return Ok("<Sending cancelled>".to_owned()),
+            State::Done(value) => ("result", value.clone_ref(py)),
+            State::Failed { exception, .. } => ("exception", exception.clone_ref(py)),
+        };
+        Ok(format!(
+            "<Sending finished {what}={}>",
+            value.bind(py).repr()?
+        ))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
         match &self.state {
             State::Done(value) => visit.call(value)?,
-            State::Failed { exception, .. } => visit.call(exception)?,
+            State::Failed {
+                exception,
+                traceback,
+                ..
+            } => {
+                visit.call(exception)?;
+                visit.call(traceback)?;
+            }
             State::Cancelled(message) => visit.call(message)?,
             State::Pending => {}
         }
@@ -445,6 +487,7 @@ impl Drop for Sending {
             State::Failed {
                 exception,
                 retrieved: false,
+                ..
             },
             Some(event_loop),
         ) = (&self.state, &self.event_loop)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import traceback
 import uuid
 from types import MappingProxyType
 from typing import Any
+from unittest import mock
 
 import polybus
 import pytest
@@ -42,7 +44,7 @@ async def _failed() -> Sending:
     """A send that failed: its broker was closed."""
     broker = Broker.connect(url=f"memory://closed-{uuid.uuid4().hex[:8]}")
     await broker.close()
-    sending = broker.send("t", {"n": 1})
+    sending = polybus.Producer(broker).send("t", {"n": 1})
     while not sending.done():
         await asyncio.sleep(0.005)
     return sending
@@ -129,7 +131,14 @@ def test_done_callbacks_run_in_their_context_and_can_be_removed() -> None:
 def test_a_callback_that_raises_goes_to_the_exception_handler_and_the_others_run() -> None:
     async def main() -> None:
         reported: list[dict[str, Any]] = []
-        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+
+        def handler(_: Any, ctx: dict[str, Any]) -> None:
+            # The handler may use the future (it is not held while the handler runs).
+            ctx["future"].add_done_callback(lambda _: None)
+            ctx["late_receipt"] = ctx["future"].result()
+            reported.append(ctx)
+
+        asyncio.get_running_loop().set_exception_handler(handler)
         producer = get_producer()
         ran: list[int] = []
 
@@ -146,6 +155,7 @@ def test_a_callback_that_raises_goes_to_the_exception_handler_and_the_others_run
         assert isinstance(reported[0]["exception"], ValueError)
         assert reported[0]["future"] is first
         assert reported[0]["message"].startswith("Exception in callback")
+        assert reported[0]["late_receipt"] == first.result()
 
     polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
     asyncio.run(main())
@@ -218,8 +228,13 @@ def test_a_failed_send_raises_and_an_unread_failure_is_reported() -> None:
             sending.result()
         assert isinstance(sending.exception(), ClosedError)
         assert repr(sending).startswith("<Sending finished exception=ClosedError")
-        with pytest.raises(ClosedError):
-            await sending
+        depths = []
+        for _ in range(3):
+            try:
+                await sending
+            except ClosedError as err:
+                depths.append(len(traceback.extract_tb(err.__traceback__)))
+        assert depths[0] == depths[1] == depths[2], "each raise starts from the same traceback"
         reported: list[dict[str, Any]] = []
         asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
         unread = await _failed()
@@ -252,6 +267,11 @@ def test_the_coroutine_protocol() -> None:
             done.throw(ValueError("thrown"))
         with pytest.raises(ValueError, match="typed"):
             done.throw(ValueError, "typed")
+        with pytest.raises(KeyError, match="a") as raised:
+            done.throw(KeyError, ("a",))
+        assert raised.value.args == ("a",)
+        with pytest.raises(TypeError, match="separate value"):
+            done.throw(ValueError("x"), "y")
         with pytest.raises(TypeError, match="BaseException"):
             done.throw(1)
         done.close()
@@ -276,3 +296,22 @@ def test_headers_may_be_any_mapping_and_anything_else_is_named() -> None:
     polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
     asyncio.run(run_handlers("hdr", send, until=lambda: len(seen) == 1))
     assert seen[0]["tenant"] == "eu"
+
+
+def test_send_can_be_overridden_and_mocked() -> None:
+    polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
+    producer = get_producer()
+    with mock.patch.object(polybus.Producer, "send") as send:
+        producer.send("mocked", {"n": 0})
+    send.assert_called_once_with("mocked", {"n": 0})
+
+    class Tagging(polybus.Producer):
+        def send(self, topic: str, message: Any, **options: Any) -> Sending:
+            return super().send(topic, {**message, "tag": 1}, **options)
+
+    async def main() -> None:
+        tagging = Tagging(producer.broker)
+        assert (await tagging.send("tagged", {"n": 1})).offset == 0
+        assert asyncio.isfuture(producer.send("plain", {"n": 2}))
+
+    asyncio.run(main())

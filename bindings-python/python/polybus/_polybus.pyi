@@ -91,6 +91,27 @@ class Sending(Coroutine[Any, Any, Receipt]):
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
     def close(self) -> None: ...
 
+class ProducerBase:
+    """The native base of ``polybus.Producer``."""
+
+    def __init__(self, broker: Broker) -> None: ...
+    @property
+    def broker(self) -> Broker:
+        """The native broker connection."""
+    def send(
+        self,
+        topic: str,
+        message: Any,
+        *,
+        key: Optional[str] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        message_id: Optional[str] = None,
+    ) -> Sending:
+        """Publishes one message; await the result for the broker's receipt. Inside a running
+        loop the publish is under way on return and invalid messages raise at once; before a
+        loop runs it returns a coroutine that publishes when awaited. From blocking code use
+        ``send_sync``."""
+
 class Broker:
     @staticmethod
     def connect(
@@ -114,15 +135,6 @@ class Broker:
     def url(self) -> str: ...
     @property
     def capabilities(self) -> dict[str, bool]: ...
-    def send(
-        self,
-        topic: str,
-        message: Any,
-        *,
-        key: Optional[str] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        message_id: Optional[str] = None,
-    ) -> Sending: ...
     def publish_batch(
         self,
         topic: str,

@@ -27,9 +27,10 @@ async def _send_when_awaited(
             "send() must be awaited inside a running asyncio loop; "
             "from blocking code use send_sync()"
         ) from None
-    return await cast(
-        Sending, broker.send(topic, message, key=key, headers=headers, message_id=message_id)
+    sending = _polybus.ProducerBase(broker).send(
+        topic, message, key=key, headers=headers, message_id=message_id
     )
+    return await cast(Sending, sending)
 
 
 def _outgoing(
@@ -43,41 +44,15 @@ def _outgoing(
     return (topic, message, key, dict(headers) if headers else None, message_id)
 
 
-class Producer:
+class Producer(_polybus.ProducerBase):
     """Publishes messages. Use it from asyncio (``send``, ``send_batch``) or from blocking
-    code (``send_sync``); as an async context manager it flushes and closes on exit."""
+    code (``send_sync``); as an async context manager it flushes and closes on exit.
+
+    ``send(topic, message, *, key=None, headers=None, message_id=None)`` comes from the native
+    base class (no Python frame per message): see ``ProducerBase.send``."""
 
     def __init__(self, broker: _polybus.Broker) -> None:
         self._broker = broker
-        if type(self).send is Producer.send:
-            # The engine's ``send`` itself (same signature and behaviour as the method below):
-            # no Python frame per message. A subclass that overrides ``send`` keeps its own.
-            self.send = broker.send  # type: ignore[method-assign]
-
-    @property
-    def broker(self) -> _polybus.Broker:
-        """The native broker connection."""
-        return self._broker
-
-    def send(
-        self,
-        topic: str,
-        message: Any,
-        *,
-        key: Optional[str] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        message_id: Optional[str] = None,
-    ) -> Sending:
-        """Publishes one message; await the result for the broker's receipt.
-
-        Inside a running loop the publish is under way when ``send`` returns (as with
-        confluent-kafka's ``produce``), and invalid messages raise at once. The result is a
-        :class:`Sending`: a future (``asyncio.isfuture``) that is also a coroutine, so ``await``,
-        ``asyncio.gather`` (without a task per message), ``asyncio.wait_for`` and
-        ``asyncio.create_task`` all accept it. Called before a loop runs
-        (``asyncio.run(producer.send(...))``) it returns a coroutine that publishes when
-        awaited. From blocking code use ``send_sync``."""
-        return self._broker.send(topic, message, key=key, headers=headers, message_id=message_id)
 
     async def send_batch(
         self,

@@ -1,0 +1,105 @@
+//! `ProducerBase`: the native part of `polybus.Producer`, its `send`.
+//!
+//! `send` is the hot path of a Python service that publishes one message at a time. As a
+//! method of a native base class it runs no Python frame per message, and it is still an
+//! ordinary class attribute: a subclass overrides it and `mock.patch.object(Producer, "send")`
+//! replaces it as users expect.
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+
+use crate::broker::{Broker, message};
+
+/// The base class of `polybus.Producer`, holding its broker.
+#[pyclass(module = "polybus._polybus", subclass, frozen)]
+pub struct ProducerBase {
+    broker: Py<Broker>,
+}
+
+#[pymethods]
+impl ProducerBase {
+    #[new]
+    fn new(broker: Py<Broker>) -> Self {
+        ProducerBase { broker }
+    }
+
+    /// The native broker connection.
+    #[getter]
+    fn broker(&self, py: Python<'_>) -> Py<Broker> {
+        self.broker.clone_ref(py)
+    }
+
+    /// Publishes one message; await the result for the broker's receipt.
+    ///
+    /// Inside a running loop the publish is under way when `send` returns (as with
+    /// confluent-kafka's `produce`; the sends of one loop tick reach the engine together, as one
+    /// batch), and invalid messages raise at once. The result is a `Sending`: a future
+    /// (`asyncio.isfuture`) that is also a coroutine, so `await`, `asyncio.gather` (without a
+    /// task per message), `asyncio.wait_for`, `asyncio.shield` and `asyncio.create_task` all
+    /// accept it. Called before a loop runs (`asyncio.run(producer.send(...))`) it returns a
+    /// coroutine that publishes when awaited. From blocking code use `send_sync`.
+    #[pyo3(signature = (topic, message, *, key=None, headers=None, message_id=None))]
+    fn send<'py>(
+        &self,
+        py: Python<'py>,
+        topic: String,
+        message: Bound<'py, PyAny>,
+        key: Option<String>,
+        headers: Option<Bound<'py, PyAny>>,
+        message_id: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        send(
+            self.broker.bind(py),
+            topic,
+            message,
+            key,
+            headers,
+            message_id,
+        )
+    }
+}
+
+/// Publishes one message with `broker` at the end of the running loop's tick, returning its
+/// `Sending`; outside a running loop, a coroutine that does so when awaited.
+pub fn send<'py>(
+    broker: &Bound<'py, Broker>,
+    topic: String,
+    value: Bound<'py, PyAny>,
+    key: Option<String>,
+    headers: Option<Bound<'py, PyAny>>,
+    message_id: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = broker.py();
+    let Some(event_loop) = crate::completion::running_loop_or_none(py)? else {
+        static LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        return LATER
+            .import(py, "polybus._producer", "_send_when_awaited")?
+            .call1((broker, topic, value, key, headers, message_id));
+    };
+    let headers = headers.map(|h| header_map(&h)).transpose()?;
+    let message = message((topic, value, key, headers, message_id))?;
+    crate::completion::send(py, &event_loop, broker.get().inner.clone(), message)
+        .map(Bound::into_any)
+}
+
+/// Headers from a dict, or from any other mapping of strings to strings.
+fn header_map(headers: &Bound<'_, PyAny>) -> PyResult<HashMap<String, String>> {
+    if let Ok(dict) = headers.cast::<PyDict>() {
+        return dict.extract();
+    }
+    let items = headers.call_method0("items").map_err(|_| {
+        let kind = headers.get_type().name().map(|n| n.to_string());
+        PyTypeError::new_err(format!(
+            "headers must be a mapping of str to str, not {}",
+            kind.unwrap_or_default()
+        ))
+    })?;
+    items
+        .try_iter()?
+        .map(|item| item?.extract::<(String, String)>())
+        .collect()
+}
