@@ -173,7 +173,10 @@ impl Port {
             let future = future.bind(py);
             if let Ok(sending) = future.cast::<Sending>() {
                 if !Sending::waiting(sending) {
-                    ready.abandon();
+                    // Its wait was cancelled: a failure still reaches the loop's handler.
+                    if let Err(err) = ready.into_value(py) {
+                        crate::sending::report_after_cancel(sending, err);
+                    }
                     continue;
                 }
                 let outcome = ready

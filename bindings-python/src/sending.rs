@@ -194,17 +194,31 @@ pub fn run_settled(py: Python<'_>, settled: Vec<Settled>) -> PyResult<()> {
     Ok(())
 }
 
+/// Hands the failure of a publish whose wait was cancelled to the loop's exception handler:
+/// nobody awaits it any more, and a failed publish is never silent.
+pub fn report_after_cancel(future: &Bound<'_, Sending>, err: PyErr) {
+    let message = "a publish whose wait was cancelled (Sending.cancel, a wait_for timeout) failed";
+    to_exception_handler(future, message.to_owned(), err);
+}
+
 /// Hands a callback's exception to the loop's exception handler, as asyncio's handles do.
 fn report(py: Python<'_>, future: &Bound<'_, Sending>, func: &Py<PyAny>, err: PyErr) {
+    let message = match func.bind(py).repr() {
+        Ok(func) => format!("Exception in callback {func}"),
+        Err(_) => "Exception in a callback".to_owned(),
+    };
+    to_exception_handler(future, message, err);
+}
+
+/// Calls the loop's `call_exception_handler` with `message`, `err` and the future (not
+/// borrowed while the handler runs: it may use the future).
+fn to_exception_handler(future: &Bound<'_, Sending>, message: String, err: PyErr) {
+    let py = future.py();
     let reported = (|| -> PyResult<()> {
         let context = PyDict::new(py);
-        context.set_item(
-            "message",
-            format!("Exception in callback {}", func.bind(py).repr()?),
-        )?;
+        context.set_item("message", message)?;
         context.set_item("exception", err.value(py))?;
         context.set_item("future", future)?;
-        // (Not borrowed while the handler runs: it may use the future.)
         let event_loop = future.borrow().event_loop(py)?;
         event_loop.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
         Ok(())

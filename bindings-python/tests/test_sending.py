@@ -315,3 +315,26 @@ def test_send_can_be_overridden_and_mocked() -> None:
         assert asyncio.isfuture(producer.send("plain", {"n": 2}))
 
     asyncio.run(main())
+
+
+def test_a_publish_that_fails_after_its_wait_was_cancelled_is_reported() -> None:
+    topic = _full_topic()
+
+    async def main() -> None:
+        reported: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        sending = await _pending(topic)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(sending, 0.01)
+        assert not reported
+        # Closing the broker fails the publish still waiting for room.
+        await get_producer().broker.close()
+        deadline = asyncio.get_running_loop().time() + 5
+        while not reported:
+            assert asyncio.get_running_loop().time() < deadline, "the failure was not reported"
+            await asyncio.sleep(0.01)
+        assert "wait was cancelled" in reported[0]["message"]
+        assert isinstance(reported[0]["exception"], ClosedError)
+        assert reported[0]["future"] is sending
+
+    asyncio.run(main())
