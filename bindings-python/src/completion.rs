@@ -172,17 +172,15 @@ impl Port {
         for (future, ready) in ready {
             let future = future.bind(py);
             if let Ok(sending) = future.cast::<Sending>() {
-                if !Sending::waiting(sending) {
-                    // Its wait was cancelled: a failure still reaches the loop's handler.
-                    if let Err(err) = ready.into_value(py) {
-                        crate::sending::report_after_cancel(sending, err);
-                    }
-                    continue;
-                }
                 let outcome = ready
                     .into_value(py)
                     .map_err(|err| err.into_value(py).into_any());
-                settled.extend(Sending::settle(sending, outcome));
+                match Sending::settle(sending, outcome) {
+                    Ok(done) => settled.push(done),
+                    // Its wait was cancelled: a failure still reaches the loop's handler.
+                    Err(Err(exception)) => crate::sending::report_after_cancel(sending, exception),
+                    Err(Ok(_)) => {}
+                }
                 continue;
             }
             let done = future
@@ -288,16 +286,12 @@ struct PortHandle(Arc<Port>);
 
 /// The running loop, or a clear error outside one.
 fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    GET_RUNNING_LOOP
-        .import(py, "asyncio", "get_running_loop")?
-        .call0()
-        .map_err(|_| {
-            PyRuntimeError::new_err(
-                "no running asyncio event loop: await this from a coroutine \
-                 (from blocking code use the *_sync / *_blocking variants)",
-            )
-        })
+    running_loop_or_none(py)?.ok_or_else(|| {
+        PyRuntimeError::new_err(
+            "no running asyncio event loop: await this from a coroutine \
+             (from blocking code use the *_sync / *_blocking variants)",
+        )
+    })
 }
 
 fn spawn_ready<'py, F>(py: Python<'py>, work: F, cancellable: bool) -> PyResult<Bound<'py, PyAny>>

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::broker::{Broker, message};
+use crate::broker::{Broker, message as message_of};
 
 /// The base class of `polybus.Producer`, holding its broker.
 #[pyclass(module = "polybus._polybus", subclass, frozen)]
@@ -44,46 +44,25 @@ impl ProducerBase {
     /// coroutine that publishes when awaited. From blocking code use `send_sync`.
     #[pyo3(signature = (topic, message, *, key=None, headers=None, message_id=None))]
     fn send<'py>(
-        &self,
-        py: Python<'py>,
+        slf: &Bound<'py, Self>,
         topic: String,
         message: Bound<'py, PyAny>,
         key: Option<String>,
         headers: Option<Bound<'py, PyAny>>,
         message_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        send(
-            self.broker.bind(py),
-            topic,
-            message,
-            key,
-            headers,
-            message_id,
-        )
+        let py = slf.py();
+        let Some(event_loop) = crate::completion::running_loop_or_none(py)? else {
+            static LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            return LATER
+                .import(py, "polybus._producer", "_send_when_awaited")?
+                .call1((slf, topic, message, key, headers, message_id));
+        };
+        let headers = headers.map(|h| header_map(&h)).transpose()?;
+        let message = message_of((topic, message, key, headers, message_id))?;
+        let broker = slf.get().broker.bind(py).get().inner.clone();
+        crate::completion::send(py, &event_loop, broker, message).map(Bound::into_any)
     }
-}
-
-/// Publishes one message with `broker` at the end of the running loop's tick, returning its
-/// `Sending`; outside a running loop, a coroutine that does so when awaited.
-pub fn send<'py>(
-    broker: &Bound<'py, Broker>,
-    topic: String,
-    value: Bound<'py, PyAny>,
-    key: Option<String>,
-    headers: Option<Bound<'py, PyAny>>,
-    message_id: Option<String>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = broker.py();
-    let Some(event_loop) = crate::completion::running_loop_or_none(py)? else {
-        static LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        return LATER
-            .import(py, "polybus._producer", "_send_when_awaited")?
-            .call1((broker, topic, value, key, headers, message_id));
-    };
-    let headers = headers.map(|h| header_map(&h)).transpose()?;
-    let message = message((topic, value, key, headers, message_id))?;
-    crate::completion::send(py, &event_loop, broker.get().inner.clone(), message)
-        .map(Bound::into_any)
 }
 
 /// Headers from a dict, or from any other mapping of strings to strings.

@@ -49,6 +49,9 @@ pub struct Sending {
     blocking: bool,
 }
 
+/// What a publish came to: its receipt, or the exception instance it failed with.
+pub type Outcome = Result<Py<PyAny>, Py<PyAny>>;
+
 /// Callbacks of a settled future, to run once every future of the batch is settled.
 pub struct Settled {
     future: Py<Sending>,
@@ -113,19 +116,16 @@ impl Sending {
             .ok_or_else(|| PyTypeError::new_err("this Sending was cleared"))
     }
 
-    /// Whether the future is still waiting (a cancelled one is not).
-    pub fn waiting(future: &Bound<'_, Sending>) -> bool {
-        future.borrow().is_pending()
-    }
-
     /// Settles a pending future with a value (`Ok`) or an exception instance (`Err`); returns
-    /// its callbacks for [`run_settled`], or `None` when it was no longer pending.
-    pub fn settle(
-        future: &Bound<'_, Sending>,
-        outcome: Result<Py<PyAny>, Py<PyAny>>,
-    ) -> Option<Settled> {
+    /// its callbacks for [`run_settled`], or hands the outcome back when the future was no
+    /// longer pending (its wait was cancelled).
+    pub fn settle(future: &Bound<'_, Sending>, outcome: Outcome) -> Result<Settled, Outcome> {
+        let mut me = future.borrow_mut();
+        if !me.is_pending() {
+            return Err(outcome);
+        }
         let py = future.py();
-        let state = match outcome {
+        me.state = match outcome {
             Ok(value) => State::Done(value),
             Err(exception) => State::Failed {
                 traceback: exception
@@ -136,13 +136,8 @@ impl Sending {
                 retrieved: false,
             },
         };
-        let mut me = future.borrow_mut();
-        if !me.is_pending() {
-            return None;
-        }
-        me.state = state;
         let callbacks = std::mem::take(&mut me.callbacks);
-        Some(Settled {
+        Ok(Settled {
             future: future.clone().unbind(),
             callbacks,
         })
@@ -196,9 +191,9 @@ pub fn run_settled(py: Python<'_>, settled: Vec<Settled>) -> PyResult<()> {
 
 /// Hands the failure of a publish whose wait was cancelled to the loop's exception handler:
 /// nobody awaits it any more, and a failed publish is never silent.
-pub fn report_after_cancel(future: &Bound<'_, Sending>, err: PyErr) {
+pub fn report_after_cancel(future: &Bound<'_, Sending>, exception: Py<PyAny>) {
     let message = "a publish whose wait was cancelled (Sending.cancel, a wait_for timeout) failed";
-    to_exception_handler(future, message.to_owned(), err);
+    to_exception_handler(future, message, exception.bind(future.py()));
 }
 
 /// Hands a callback's exception to the loop's exception handler, as asyncio's handles do.
@@ -207,24 +202,41 @@ fn report(py: Python<'_>, future: &Bound<'_, Sending>, func: &Py<PyAny>, err: Py
         Ok(func) => format!("Exception in callback {func}"),
         Err(_) => "Exception in a callback".to_owned(),
     };
-    to_exception_handler(future, message, err);
+    to_exception_handler(future, &message, err.value(py));
 }
 
-/// Calls the loop's `call_exception_handler` with `message`, `err` and the future (not
-/// borrowed while the handler runs: it may use the future).
-fn to_exception_handler(future: &Bound<'_, Sending>, message: String, err: PyErr) {
+/// Calls the future's loop's `call_exception_handler` with `message`, `exception` and the
+/// future (not borrowed while the handler runs: it may use the future).
+fn to_exception_handler(future: &Bound<'_, Sending>, message: &str, exception: &Bound<'_, PyAny>) {
     let py = future.py();
+    let event_loop = future.borrow().event_loop(py);
+    match event_loop {
+        Ok(event_loop) => hand_to_loop(&event_loop, message, exception, Some(future.as_any())),
+        Err(err) => err.write_unraisable(py, Some(future.as_any())),
+    }
+}
+
+/// `event_loop.call_exception_handler({"message", "exception", "future"})`; a handler that
+/// fails is reported as unraisable.
+fn hand_to_loop(
+    event_loop: &Bound<'_, PyAny>,
+    message: &str,
+    exception: &Bound<'_, PyAny>,
+    future: Option<&Bound<'_, PyAny>>,
+) {
+    let py = event_loop.py();
     let reported = (|| -> PyResult<()> {
         let context = PyDict::new(py);
         context.set_item("message", message)?;
-        context.set_item("exception", err.value(py))?;
-        context.set_item("future", future)?;
-        let event_loop = future.borrow().event_loop(py)?;
+        context.set_item("exception", exception)?;
+        if let Some(future) = future {
+            context.set_item("future", future)?;
+        }
         event_loop.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
         Ok(())
     })();
     if let Err(failed) = reported {
-        failed.write_unraisable(py, Some(future.as_any()));
+        failed.write_unraisable(py, future);
     }
 }
 
@@ -510,18 +522,12 @@ impl Drop for Sending {
         };
         Python::try_attach(|py| {
             let pending = PyErr::take(py);
-            let reported = (|| -> PyResult<()> {
-                let context = PyDict::new(py);
-                context.set_item("message", "Sending exception was never retrieved")?;
-                context.set_item("exception", exception)?;
-                event_loop
-                    .bind(py)
-                    .call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
-                Ok(())
-            })();
-            if let Err(err) = reported {
-                err.write_unraisable(py, None);
-            }
+            hand_to_loop(
+                event_loop.bind(py),
+                "Sending exception was never retrieved",
+                exception.bind(py),
+                None,
+            );
             if let Some(pending) = pending {
                 pending.restore(py);
             }

@@ -12,7 +12,7 @@ from ._types import FailoverStatus, Receipt
 
 
 async def _send_when_awaited(
-    broker: _polybus.Broker,
+    producer: _polybus.ProducerBase,
     topic: str,
     message: Any,
     key: Optional[str],
@@ -27,8 +27,9 @@ async def _send_when_awaited(
             "send() must be awaited inside a running asyncio loop; "
             "from blocking code use send_sync()"
         ) from None
-    sending = _polybus.ProducerBase(broker).send(
-        topic, message, key=key, headers=headers, message_id=message_id
+    # (The base's own ``send``: a subclass's override already ran when ``send`` was called.)
+    sending = _polybus.ProducerBase.send(
+        producer, topic, message, key=key, headers=headers, message_id=message_id
     )
     return await cast(Sending, sending)
 
@@ -49,10 +50,8 @@ class Producer(_polybus.ProducerBase):
     code (``send_sync``); as an async context manager it flushes and closes on exit.
 
     ``send(topic, message, *, key=None, headers=None, message_id=None)`` comes from the native
-    base class (no Python frame per message): see ``ProducerBase.send``."""
-
-    def __init__(self, broker: _polybus.Broker) -> None:
-        self._broker = broker
+    base class (no Python frame per message): see ``ProducerBase.send``. So does ``broker``,
+    the native broker connection it was made with (``Producer(broker)``)."""
 
     async def send_batch(
         self,
@@ -64,7 +63,7 @@ class Producer(_polybus.ProducerBase):
     ) -> list[Receipt]:
         """Publishes many messages to ``topic`` in one pipelined call. Raises the first error
         after every message was tried; the others were published."""
-        return await self._broker.publish_batch(
+        return await self.broker.publish_batch(
             topic,
             messages,
             list(keys) if keys is not None else None,
@@ -81,21 +80,21 @@ class Producer(_polybus.ProducerBase):
         message_id: Optional[str] = None,
     ) -> Receipt:
         """Publishes one message from blocking code (the GIL is released while waiting)."""
-        return self._broker.publish_blocking(_outgoing(topic, message, key, headers, message_id))
+        return self.broker.publish_blocking(_outgoing(topic, message, key, headers, message_id))
 
     def failover_status(self) -> Optional[FailoverStatus]:
         """Where publishes go (``primary``, ``spooling`` or ``replaying``) and how full the spool
         is, when the broker was configured with ``failover=``; None otherwise."""
-        raw = self._broker.failover_status()
+        raw = self.broker.failover_status()
         return FailoverStatus(**raw) if raw is not None else None
 
     async def flush(self, timeout: float = 30.0) -> None:
         """Waits until everything published so far was accepted."""
-        await self._broker.flush(timeout)
+        await self.broker.flush(timeout)
 
     async def close(self) -> None:
         """Flushes and closes the connection."""
-        await self._broker.close()
+        await self.broker.close()
 
     async def __aenter__(self) -> Producer:
         return self
