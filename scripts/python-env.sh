@@ -12,11 +12,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtual environment $VENV"
     python3 -m venv "$VENV"
 fi
-marker="$VENV/.polybus-tools-1"
+marker="$VENV/.polybus-tools-2"
 if [ ! -f "$marker" ]; then
-    say "installing maturin, pytest, pydantic, ruff"
+    say "installing maturin, pytest, pydantic, ruff, uvloop"
     "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet "maturin>=1.7,<2" "pytest>=8" "pydantic>=2" "ruff>=0.6"
+    "$VENV/bin/pip" install --quiet "maturin>=1.7,<2" "pytest>=8" "pydantic>=2" "ruff>=0.6" "uvloop>=0.19"
     touch "$marker"
 fi
 say "building polybus into $VENV"

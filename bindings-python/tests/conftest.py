@@ -6,7 +6,9 @@ import asyncio
 import os
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import polybus
 import pytest
@@ -31,6 +33,39 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     url = BROKERS[request.param]
     polybus.configure_messaging(url=url, group=f"pytest-{uuid.uuid4().hex[:8]}")
     return url
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EventLoops:
+    """One kind of event loop: asyncio's own, or uvloop's (which many services run on)."""
+
+    name: str
+    new_loop: Callable[[], asyncio.AbstractEventLoop]
+
+    def run(self, main: Coroutine[Any, Any, T]) -> T:
+        """Runs `main` to completion on a fresh loop of this kind, as `asyncio.run` does."""
+        if self.name == "uvloop":
+            import uvloop
+
+            return uvloop.run(main)
+        return asyncio.run(main)
+
+
+def _uvloop_new_loop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loops(request: pytest.FixtureRequest) -> EventLoops:
+    """Every test using it runs once on asyncio's loop and once on uvloop's."""
+    if request.param == "uvloop":
+        return EventLoops("uvloop", _uvloop_new_loop)
+    return EventLoops("asyncio", asyncio.new_event_loop)
 
 
 @pytest.fixture
