@@ -1,7 +1,8 @@
 """``python -m harness``: runs the benchmark suite (see benches/README.md).
 
 Every (scenario, size) runs Polybus and its comparators one after the other, each as a
-subprocess of its own, on the same brokers. Progress goes to stderr, one line per run; the
+subprocess of its own, on the same brokers; short runs are repeated in rounds and their median
+kept (see ``rounds``). Progress goes to stderr, one line per run; the
 results go to ``<out>/<UTC time>.json`` and ``.md`` with ``-throughput.png`` and
 ``-latency.png``, and the markdown table is printed at the end. ``--smoke`` runs every
 scenario once with tiny counts into a temporary directory and exits 1 when a Polybus run
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import brokers, machine, report
+from . import brokers, machine, report, rounds
 from .catalog import select
 from .runner import Record, execute, warm_up
 from .tools import BENCHES, Run
@@ -48,6 +49,12 @@ def options(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--latency-messages", type=int, help="paced messages per consume run")
     parser.add_argument("--latency-rate", type=float, help="paced messages per second")
     parser.add_argument("--timeout", type=float, help="seconds allowed per run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=f"runs of each implementation lasting under {rounds.REPEAT_BELOW_S:.0f} s, the"
+        " median kept (default 3; smoke 1)",
+    )
     parser.add_argument("--list", action="store_true", help="list the runs and exit")
     return parser.parse_args(argv)
 
@@ -56,8 +63,9 @@ def _fmt_rate(value: Optional[float]) -> str:
     return f"{value:>12,.0f} msg/s" if value else " " * 18
 
 
-def progress(i: int, total: int, record: Record, seconds: float) -> None:
-    head = f"[{i:>3}/{total}] {record.scenario:<25} {record.impl:<22} {record.size:>5} B"
+def progress(i: int, total: int, record: Record, seconds: float, round_no: int) -> None:
+    step = f"{i:>3}/{total}" if round_no == 1 else f"round {round_no}"
+    head = f"[{step:>7}] {record.scenario:<25} {record.impl:<22} {record.size:>5} B"
     if record.status != "ok":
         line = f"{head}  FAILED: {record.reason}"
     else:
@@ -74,6 +82,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sizes = [int(s) for s in (opts.sizes or ("100" if opts.smoke else "100,1024")).split(",")]
     latency_messages = opts.latency_messages or int(base["latency_messages"])
     latency_rate = opts.latency_rate or float(base["latency_rate"])
+    round_count = max(1, opts.rounds or (1 if opts.smoke else 3))
     patterns = [p for arg in opts.only for p in arg.split(",") if p]
     chosen = select(patterns)
     if not chosen:
@@ -83,9 +92,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     now = datetime.datetime.now(datetime.timezone.utc)
     stem = now.strftime("%Y-%m-%dT%H%M%SZ")
     run_id = now.strftime("%m%d%H%M%S") + secrets.token_hex(2)
-    runs: list[Run] = []
+    groups: list[list[Run]] = []
     for scenario in dict.fromkeys(s for s, _ in chosen):
         for size in sizes:
+            runs: list[Run] = []
+            groups.append(runs)
             for s, impl in chosen:
                 if s is not scenario:
                     continue
@@ -106,6 +117,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         timeout,
                     )
                 )
+    runs = [run for group in groups for run in group]
     if opts.list:
         for r in runs:
             print(f"{r.scenario.name}/{r.impl.name} {r.size} B x {r.messages}")
@@ -122,7 +134,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         out_dir = BENCHES / "results"
     up = brokers.reachable()
     print(
-        f"bench: {len(runs)} runs, {messages:,} messages, sizes {sizes}; brokers "
+        f"bench: {len(runs)} runs (short ones up to {round_count} times), {messages:,} messages,"
+        f" sizes {sizes}; brokers "
         + ", ".join(f"{k} {'up' if v else 'DOWN'}" for k, v in up.items()),
         file=sys.stderr,
         flush=True,
@@ -131,7 +144,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.time()
     records: list[Record] = []
     warmed: set[str] = set()
-    for i, run in enumerate(runs, 1):
+
+    def run_once(run: Run) -> Record:
         server = brokers.broker_of(run.scenario.broker)
         if not opts.smoke and up.get(server, False) and server not in warmed:
             warmed.add(server)
@@ -140,21 +154,32 @@ def main(argv: Optional[list[str]] = None) -> int:
             complaint = warm_up(broker, f"bench.{run_id}.warm-up.{server}")
             if complaint:
                 print(f"bench: {complaint}", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        if not up.get(server, False):
-            record = Record(
-                run.scenario.name,
-                run.impl.name,
-                run.impl.polybus,
-                run.size,
-                run.topic,
-                status="failed",
-                reason=f"{brokers.broker_of(run.scenario.broker)} is not reachable",
-            )
-        else:
-            record = execute(run)
-        records.append(record)
-        progress(i, len(runs), record, time.perf_counter() - t0)
+        if up.get(server, False):
+            return execute(run)
+        return Record(
+            run.scenario.name,
+            run.impl.name,
+            run.impl.polybus,
+            run.size,
+            run.topic,
+            status="failed",
+            reason=f"{server} is not reachable",
+        )
+
+    done = 0
+    for group in groups:
+        # Round 1 runs every implementation; later rounds the short ones again, interleaved.
+        tries: list[list[Record]] = [[] for _ in group]
+        for round_no in range(1, round_count + 1):
+            for run, runs_so_far in zip(group, tries, strict=True):
+                if round_no > 1 and not rounds.wants_another(runs_so_far, round_count):
+                    continue
+                t0 = time.perf_counter()
+                record = run_once(run if round_no == 1 else rounds.repeat(run, round_no))
+                runs_so_far.append(record)
+                done += round_no == 1
+                progress(done, len(runs), record, time.perf_counter() - t0, round_no)
+        records += [rounds.combine(runs_so_far) for runs_so_far in tries]
 
     info["loadavg_at_end"] = list(os.getloadavg())
     doc = {
@@ -168,6 +193,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "smoke": opts.smoke,
             "latency_messages": latency_messages,
             "latency_rate": latency_rate,
+            "rounds": round_count,
+            "repeat_below_s": rounds.REPEAT_BELOW_S,
         },
     }
     paths = report.write(out_dir, stem, doc, records)

@@ -64,6 +64,27 @@ def _ms(value: Optional[float]) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
+def _runs(record: Record) -> str:
+    """How many runs the row's median comes from, and how far they spread around it."""
+    if len(record.rounds) < 2:
+        return "1"
+    spread = record.value("spread_pct")
+    return f"{len(record.rounds)} ±{spread:.0f}%" if spread is not None else str(len(record.rounds))
+
+
+def _rounds_note(options: dict[str, Any]) -> str:
+    count = options.get("rounds", 1)
+    if count < 2:
+        return "Each implementation ran once."
+    return (
+        f"Runs whose measured phase lasted under {options.get('repeat_below_s', 10):.0f} s ran"
+        f" {count} times, in rounds interleaved with the other implementations of the same"
+        " scenario and size; a row shows the median run (msgs/s, CPU, memory; the ratios come"
+        " from it), `runs` how many there were and half their range as a share of the median."
+        " Latency and idle memory come from the first run."
+    )
+
+
 def _scenario(name: str) -> Scenario:
     return next(s for s in SCENARIOS if s.name == name)
 
@@ -91,16 +112,18 @@ def markdown(doc: dict[str, Any], records: Sequence[Record]) -> str:
         " for the brokers' own tools, marked *). Ratio: msgs/s of the Polybus implementation"
         " (bold: the scenario's main one; `vs` names the one compared) over this row's msgs/s.",
         "",
-        "| scenario | size | implementation | messages | msgs/s | p50 ms | p99 ms | CPU s"
+        _rounds_note(doc["options"]),
+        "",
+        "| scenario | size | implementation | messages | msgs/s | runs | p50 ms | p99 ms | CPU s"
         " | peak RSS MiB | idle RSS MiB | Polybus ÷ this | vs |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in records:
         s = _scenario(r.scenario)
         name = f"**{r.impl}**" if r.impl == s.primary else r.impl
         if r.status != "ok":
             reason = (r.reason or "failed").replace("|", "/")
-            lines.append(f"| {r.scenario} | {r.size} | {name} | failed: {reason} |||||||||")
+            lines.append(f"| {r.scenario} | {r.size} | {name} | failed: {reason} ||||||||||")
             continue
         own = "cpu_s" in r.result
         star = "" if own else "*"
@@ -116,6 +139,7 @@ def markdown(doc: dict[str, Any], records: Sequence[Record]) -> str:
                     name,
                     _num(r.value("messages")),
                     _num(r.value("msgs_per_s")),
+                    _runs(r),
                     _ms(r.value("p50_ms")) if latency else "–",
                     _ms(r.value("p99_ms")) if latency else "–",
                     _num(r.value("cpu_s"), 2) + star,

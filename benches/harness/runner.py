@@ -43,6 +43,8 @@ class Record:
     process: dict[str, Any] = field(default_factory=dict)
     loadavg_before: Optional[float] = None
     argv: list[str] = field(default_factory=list)
+    # Every run's numbers when the implementation ran more than once (see ``rounds``).
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def value(self, key: str) -> Optional[float]:
         """A number from the scenario's own result, else from the process measurement."""

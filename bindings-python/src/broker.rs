@@ -1,6 +1,6 @@
 //! `Broker`: a connection to one broker, publishing from asyncio or blocking code.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +25,13 @@ pub type Outgoing<'py> = (
     String,
     Bound<'py, PyAny>,
     Option<String>,
-    Option<HashMap<String, String>>,
+    Option<Bound<'py, PyAny>>,
     Option<String>,
 );
 
 /// Builds and checks a message from what Python handed over.
 pub fn message((topic, value, key, headers, id): Outgoing<'_>) -> PyResult<Message> {
+    let headers = crate::headers::header_map(headers.as_ref())?;
     let (payload, content_type) = crate::payload::encode(&value)?;
     let mut message = Message::bytes(topic, payload).with_content_type(content_type);
     message.key = key;
@@ -205,8 +206,9 @@ impl Broker {
         topic: String,
         messages: &Bound<'py, PyAny>,
         keys: Option<Vec<Option<String>>>,
-        headers: Option<HashMap<String, String>>,
+        headers: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let headers = crate::headers::header_map(headers.as_ref())?;
         let values: Vec<Bound<'py, PyAny>> = messages.try_iter()?.collect::<PyResult<_>>()?;
         if let Some(keys) = &keys
             && keys.len() != values.len()

@@ -8,6 +8,7 @@ mod consumer;
 mod dead_letters;
 mod decode;
 mod errors;
+mod headers;
 mod payload;
 mod producer;
 mod receipt;

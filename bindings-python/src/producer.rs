@@ -5,12 +5,8 @@
 //! ordinary class attribute: a subclass overrides it and `mock.patch.object(Producer, "send")`
 //! replaces it as users expect.
 
-use std::collections::HashMap;
-
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
 
 use crate::broker::{Broker, message as message_of};
 
@@ -58,27 +54,8 @@ impl ProducerBase {
                 .import(py, "polybus._producer", "_send_when_awaited")?
                 .call1((slf, topic, message, key, headers, message_id));
         };
-        let headers = headers.map(|h| header_map(&h)).transpose()?;
         let message = message_of((topic, message, key, headers, message_id))?;
         let broker = slf.get().broker.bind(py).get().inner.clone();
         crate::completion::send(py, &event_loop, broker, message).map(Bound::into_any)
     }
-}
-
-/// Headers from a dict, or from any other mapping of strings to strings.
-fn header_map(headers: &Bound<'_, PyAny>) -> PyResult<HashMap<String, String>> {
-    if let Ok(dict) = headers.cast::<PyDict>() {
-        return dict.extract();
-    }
-    let items = headers.call_method0("items").map_err(|_| {
-        let kind = headers.get_type().name().map(|n| n.to_string());
-        PyTypeError::new_err(format!(
-            "headers must be a mapping of str to str, not {}",
-            kind.unwrap_or_default()
-        ))
-    })?;
-    items
-        .try_iter()?
-        .map(|item| item?.extract::<(String, String)>())
-        .collect()
 }

@@ -12,6 +12,7 @@ import contextvars
 import gc
 import traceback
 import uuid
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 from unittest import mock
@@ -174,18 +175,22 @@ def test_keyboard_interrupt_in_a_callback_propagates_and_no_callback_is_lost(
     def interrupt(_: Sending) -> None:
         raise KeyboardInterrupt
 
-    async def start() -> tuple[Sending, Sending]:
+    sent: list[Sending] = []
+
+    async def main() -> None:
+        # The sends may complete at once: the interrupt must find this loop run under way.
         first, second = get_producer().send("kb", {"n": 0}), get_producer().send("kb", {"n": 1})
         first.add_done_callback(interrupt)
         first.add_done_callback(lambda _: ran.append("first"))
         second.add_done_callback(lambda _: ran.append("second"))
-        return first, second
+        sent.extend((first, second))
+        await asyncio.sleep(5)
 
     loop = loops.new_loop()
     try:
-        first, second = loop.run_until_complete(start())
         with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(asyncio.sleep(5))
+            loop.run_until_complete(main())
+        first, second = sent
         assert first.done() and second.done()
         # asyncio runs the callbacks not run yet on its next iteration; uvloop may run what
         # was scheduled in the same one before the interrupt leaves it. Either way none is lost.
@@ -193,6 +198,10 @@ def test_keyboard_interrupt_in_a_callback_propagates_and_no_callback_is_lost(
         loop.run_until_complete(asyncio.sleep(0.01))
         assert ran == ["first", "second"]
     finally:
+        waiting = asyncio.all_tasks(loop)
+        for task in waiting:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*waiting, return_exceptions=True))
         loop.close()
 
 
@@ -298,13 +307,31 @@ def test_headers_may_be_any_mapping_and_anything_else_is_named(loops: EventLoops
 
     async def send() -> None:
         producer = get_producer()
-        await producer.send("hdr", {"n": 0}, headers=MappingProxyType({"tenant": "eu"}))
-        with pytest.raises(TypeError, match="headers must be a mapping of str to str, not list"):
-            producer.send("hdr", {"n": 1}, headers=["tenant"])  # type: ignore[arg-type]
+        tenant = MappingProxyType({"tenant": "eu"})
+        await producer.send("hdr", {"n": 0}, headers=tenant)
+        await producer.send_batch("hdr", [{"n": 1}], headers=tenant)
+        await asyncio.to_thread(producer.send_sync, "hdr", {"n": 2}, headers=tenant)
+        # One conversion for every way of publishing, with the same errors.
+        ways: list[Callable[[Any], Any]] = [
+            lambda h: producer.send("hdr", {"n": 9}, headers=h),
+            lambda h: producer.send_batch("hdr", [{"n": 9}], headers=h),
+            lambda h: producer.send_sync("hdr", {"n": 9}, headers=h),
+        ]
+        bad = [
+            ([("tenant", "eu")], "headers must be a mapping of str to str, not list"),
+            ({"tenant": 7}, 'header "tenant" must be a str, not int'),
+            ({b"tenant": "eu"}, "header names must be str, not bytes"),
+        ]
+        for way in ways:
+            for headers, error in bad:
+                with pytest.raises(TypeError, match=error):
+                    sent = way(headers)
+                    if asyncio.iscoroutine(sent):
+                        await sent
 
     polybus.configure_messaging(url=f"memory://sending-{uuid.uuid4().hex[:8]}")
-    loops.run(run_handlers("hdr", send, until=lambda: len(seen) == 1))
-    assert seen[0]["tenant"] == "eu"
+    loops.run(run_handlers("hdr", send, until=lambda: len(seen) == 3))
+    assert [h["tenant"] for h in seen] == ["eu", "eu", "eu"]
 
 
 def test_send_can_be_overridden_and_mocked(loops: EventLoops) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 __version__: str
 
 # topic, message (bytes, str, JSON-able value or pydantic model), key, headers, id
-Outgoing = tuple[str, Any, Optional[str], Optional[dict[str, str]], Optional[str]]
+Outgoing = tuple[str, Any, Optional[str], Optional[Mapping[str, str]], Optional[str]]
 # token, run, body (or NOT_DECODED), payload, content_type, topic, id, key, headers,
 # timestamp_ms, attempt, partition, offset; with ``body_only`` the first five alone, payload
 # and content_type None when the body was decoded.
@@ -140,7 +140,7 @@ class Broker:
         topic: str,
         messages: Iterable[Any],
         keys: Optional[list[Optional[str]]] = None,
-        headers: Optional[dict[str, str]] = None,
+        headers: Optional[Mapping[str, str]] = None,
     ) -> Awaitable[list[Receipt]]: ...
     def publish_blocking(self, outgoing: Outgoing) -> Receipt: ...
     def flush(self, timeout: float = 30.0) -> Awaitable[None]: ...

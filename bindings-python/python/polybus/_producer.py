@@ -41,8 +41,9 @@ def _outgoing(
     headers: Optional[Mapping[str, str]],
     message_id: Optional[str],
 ) -> _polybus.Outgoing:
-    # The engine encodes the message (bytes, str, JSON; other types through ``_codec.encode``).
-    return (topic, message, key, dict(headers) if headers else None, message_id)
+    # The engine encodes the message (bytes, str, JSON; other types through ``_codec.encode``)
+    # and takes the headers from any mapping of str to str.
+    return (topic, message, key, headers, message_id)
 
 
 class Producer(_polybus.ProducerBase):
@@ -67,7 +68,7 @@ class Producer(_polybus.ProducerBase):
             topic,
             messages,
             list(keys) if keys is not None else None,
-            dict(headers) if headers else None,
+            headers,
         )
 
     def send_sync(
