@@ -79,9 +79,9 @@ def _rounds_note(options: dict[str, Any]) -> str:
     return (
         f"Runs whose measured phase lasted under {options.get('repeat_below_s', 10):.0f} s ran"
         f" {count} times, in rounds interleaved with the other implementations of the same"
-        " scenario and size; a row shows the median run (msgs/s, CPU, memory; the ratios come"
-        " from it), `runs` how many there were and half their range as a share of the median."
-        " Latency and idle memory come from the first run."
+        " scenario and size; a row shows the median run (its msgs/s, latency, CPU and memory;"
+        " the ratios come from it), `runs` how many there were and half their range as a share"
+        " of the median."
     )
 
 

@@ -4,9 +4,9 @@ On a small shared machine two runs of the same thing differ by a third. Every im
 of a (scenario, size) runs once, then the ones whose measured phase lasted under
 ``REPEAT_BELOW_S`` run again, round after round, interleaved with each other (a slow spell of
 the machine hits every implementation of the round, not one) until each has ``rounds`` runs.
-Longer runs average the noise out themselves and run once. The table shows each
-implementation's median run (throughput, CPU, memory); latency and idle memory are measured in
-the first round only (the later ones skip the paced phase and the idle wait).
+Longer runs average the noise out themselves and run once. A repeated run is the same run on a
+topic of its own, every phase included (without the paced phase, Polybus' Kafka drain that
+follows it read a third lower). The table shows each implementation's median run.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
 from .runner import Record
 from .tools import Run
@@ -42,34 +42,32 @@ def wants_another(records: Sequence[Record], rounds: int) -> bool:
 
 
 def repeat(run: Run, round_no: int) -> Run:
-    """The run again, on a topic of its own, without the latency phase and the idle wait."""
-    return dataclasses.replace(
-        run, topic=f"{run.topic}.r{round_no}", latency_messages=0, idle_seconds=0.0
-    )
+    """The run again, on a topic of its own."""
+    return dataclasses.replace(run, topic=f"{run.topic}.r{round_no}")
 
 
 def combine(records: Sequence[Record]) -> Record:
     """One record for the runs of one implementation: the median run by msgs/s (the lower
-    middle one of an even count), with the first run's latency and idle memory, and every
-    run's throughput in ``rounds``."""
-    first = records[0]
+    middle one of an even count), with every run's numbers in ``rounds`` and their spread."""
     rated = [(rate, r) for r in records if r.status == "ok" and (rate := r.value("msgs_per_s"))]
     if not rated:
-        return first
+        return records[0]
     rated.sort(key=lambda pair: pair[0])
     median = rated[(len(rated) - 1) // 2][1]
-    result: dict[str, Any] = dict(first.result) if first.status == "ok" else {}
-    result.update({k: v for k, v in median.result.items() if v is not None})
+    result = dict(median.result)
     if len(rated) > 1:
         rates = [rate for rate, _ in rated]
         half_range = (rates[-1] - rates[0]) / 2
         result["spread_pct"] = round(100 * half_range / statistics.median(rates), 1)
-    combined = dataclasses.replace(median, result=result, topic=first.topic)
+    combined = dataclasses.replace(median, result=result)
     combined.rounds = [
         {
+            "topic": r.topic,
             "msgs_per_s": r.value("msgs_per_s"),
             "seconds": r.value("seconds"),
             "cpu_s": r.value("cpu_s"),
+            "p50_ms": r.value("p50_ms"),
+            "p99_ms": r.value("p99_ms"),
             "status": r.status,
             "reason": r.reason,
         }
