@@ -256,9 +256,6 @@ loopback_users.guest = true
 # Small machine, tests run beside it: publishers are blocked above this much memory.
 vm_memory_high_watermark.absolute = $MEMORY_LIMIT
 disk_free_limit.absolute = 50MB
-# Classic queues store messages the way RabbitMQ 4 does (CQv2, its only implementation there);
-# 3.10 still defaults to the older CQv1.
-classic_queue.default_version = 2
 log.file.level = info
 log.console = false
 EOF
