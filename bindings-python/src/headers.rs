@@ -8,9 +8,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 /// Headers from a dict, or from any other mapping (anything with `items()`) of strings to
-/// strings; `None` stays `None`.
+/// strings; no headers stay none.
 pub fn header_map(headers: Option<&Bound<'_, PyAny>>) -> PyResult<Option<HashMap<String, String>>> {
-    let Some(headers) = headers.filter(|h| !h.is_none()) else {
+    let Some(headers) = headers else {
         return Ok(None);
     };
     let mut map = HashMap::new();

@@ -34,18 +34,6 @@ async def _send_when_awaited(
     return await cast(Sending, sending)
 
 
-def _outgoing(
-    topic: str,
-    message: Any,
-    key: Optional[str],
-    headers: Optional[Mapping[str, str]],
-    message_id: Optional[str],
-) -> _polybus.Outgoing:
-    # The engine encodes the message (bytes, str, JSON; other types through ``_codec.encode``)
-    # and takes the headers from any mapping of str to str.
-    return (topic, message, key, headers, message_id)
-
-
 class Producer(_polybus.ProducerBase):
     """Publishes messages. Use it from asyncio (``send``, ``send_batch``) or from blocking
     code (``send_sync``); as an async context manager it flushes and closes on exit.
@@ -81,7 +69,8 @@ class Producer(_polybus.ProducerBase):
         message_id: Optional[str] = None,
     ) -> Receipt:
         """Publishes one message from blocking code (the GIL is released while waiting)."""
-        return self.broker.publish_blocking(_outgoing(topic, message, key, headers, message_id))
+        # The engine encodes the message and checks the headers, as for ``send``.
+        return self.broker.publish_blocking((topic, message, key, headers, message_id))
 
     def failover_status(self) -> Optional[FailoverStatus]:
         """Where publishes go (``primary``, ``spooling`` or ``replaying``) and how full the spool
