@@ -20,6 +20,10 @@ return [
     // Seconds a connect, publish or flush may take.
     'timeout' => env('MESSAGING_TIMEOUT', 30),
 
+    // The engine's own log records (reconnects, failovers, librdkafka) go to Laravel's log at
+    // this level and above: debug, info, notice, warning, error... or off.
+    'log_level' => env('MESSAGING_LOG_LEVEL', 'warning'),
+
     // Spool publishes to local disk while the broker is unreachable and replay them, in order,
     // once it is back (set MESSAGING_SPOOL_DIR to turn it on; each driver gets a subdirectory).
     // fsync: always (no accepted message lost, even on power loss), never, or interval:100ms.

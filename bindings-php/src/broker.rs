@@ -34,6 +34,8 @@ pub struct Broker {
 impl Broker {
     /// The open broker, or the exception for using a closed one.
     pub(crate) fn open(&self) -> PhpResult<&SharedBroker> {
+        // Every call into a broker first passes on the engine's waiting log records.
+        crate::logs::forward();
         self.inner
             .as_ref()
             .ok_or_else(|| throw(Class::Polybus, format!("the broker {} is closed", self.url)))
@@ -199,8 +201,10 @@ impl Broker {
                 None => polybus::connect(config).await,
             }
         })
-        .map_err(|err| block_error(err, &format!("connecting to {url}")))?
-        .map_err(|err| engine_error(&err, Context::Connect))?;
+        .map_err(|err| block_error(err, &format!("connecting to {url}")))
+        .and_then(|connected| connected.map_err(|err| engine_error(&err, Context::Connect)));
+        crate::logs::forward();
+        let broker = broker?;
         Ok(Broker {
             inner: Some(broker),
             kind: settings.broker.kind(),
@@ -399,9 +403,22 @@ impl Broker {
             drop(broker);
             flushed.and(closed)
         });
+        crate::logs::forward();
         closed
             .map_err(|err| block_error(err, "closing"))?
             .map_err(|err| engine_error(&err, Context::Publish))
+    }
+
+    /// Sends the engine's log records (those of librdkafka included) at `$level` and above to
+    /// `$logger`, a PSR-3 logger (an object with `log($level, $message, $context)`; the context
+    /// holds `logger`, the record's source such as `polybus.brokers.redis.streams`, and its
+    /// fields), or with `null` to PHP's `error_log()`. `$level`: `debug`, `info`, `notice`,
+    /// `warning` (the default), `error`, `critical`, `alert`, `emergency` or `off`. Records are
+    /// passed on when PHP calls into Polybus (every broker call, and between batches while
+    /// consuming) and at the end of the request.
+    #[php(optional = "level")]
+    pub fn set_logger(logger: Option<&Zval>, level: Option<String>) -> PhpResult<()> {
+        crate::logs::set_logger(logger, level.as_deref().unwrap_or("warning"))
     }
 
     /// Where publishes go and how full the spool is, for a broker configured with `failover`:

@@ -296,6 +296,7 @@ pub fn consume(
                 _ = consumer.fetch_ended() => None,
             }
         });
+        crate::logs::forward();
         let jobs = match pulled {
             Ok(Some(jobs)) => jobs,
             Ok(None) => {
@@ -333,6 +334,7 @@ pub fn consume(
     }
 
     let stopped = finish(&bridge, consumer, handled, broker.timeout());
+    crate::logs::forward();
     match interrupted {
         // The pending PHP exception wins; returning an error lets it propagate.
         Some(Interrupted::Php) => Err(PhpException::from_message("consume interrupted".into())),

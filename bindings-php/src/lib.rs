@@ -15,6 +15,7 @@ mod dead_letters;
 mod errors;
 mod hub;
 mod interface;
+mod logs;
 mod message;
 mod php_array;
 mod runtime;
@@ -42,14 +43,27 @@ extern "C" fn module_info(_module: *mut ModuleEntry) {
     info_table_end!();
 }
 
-/// Module startup: registers the exception classes (plain PHP classes, see [`errors`]).
-/// Returns PHP's `FAILURE` (-1) when they cannot be registered, and PHP reports the extension
-/// as not started.
+/// Module startup: starts collecting the engine's log records (see [`logs`]) and registers the
+/// exception classes (plain PHP classes, see [`errors`]). Returns PHP's `FAILURE` (-1) when
+/// they cannot be registered, and PHP reports the extension as not started.
 extern "C" fn module_startup(_type: i32, _module_number: i32) -> i32 {
-    match std::panic::catch_unwind(errors::register_classes) {
+    match std::panic::catch_unwind(|| {
+        logs::install();
+        errors::register_classes()
+    }) {
         Ok(Ok(())) => 0,
         _ => -1,
     }
+}
+
+/// Request shutdown: the log records still waiting are passed on, then the logger is let go
+/// before PHP frees the request's objects.
+extern "C" fn request_shutdown(_type: i32, _module_number: i32) -> i32 {
+    let _ = std::panic::catch_unwind(|| {
+        logs::forward();
+        logs::clear_logger();
+    });
+    0
 }
 
 /// Module shutdown: stop the runtime and its keeper thread before PHP unloads this library, so no
@@ -74,5 +88,6 @@ pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
         .class::<hub::Hub>()
         .startup_function(module_startup)
         .shutdown_function(module_shutdown)
+        .request_shutdown_function(request_shutdown)
         .info_function(module_info)
 }

@@ -148,6 +148,19 @@ namespace Polybus {
         public function url(): string {}
 
         /**
+         * Sends the engine's log records (librdkafka's included) at `$level` and above to
+         * `$logger`, a PSR-3 logger (`log($level, $message, $context)`; the context holds
+         * `logger`, the record's source such as `polybus.brokers.redis.streams`, and its fields),
+         * or with `null` to `error_log()`. `$level`: debug, info, notice, warning (null: warning),
+         * error, critical, alert, emergency or off. Records are passed on when PHP calls into
+         * Polybus (every broker call, between batches while consuming) and at request end.
+         *
+         * @param \Psr\Log\LoggerInterface|object|null $logger
+         * @throws Exception\ConfigurationException for an unknown level or an object without `log()`
+         */
+        public static function setLogger(mixed $logger, ?string $level = null): void {}
+
+        /**
          * @throws Exception\PolybusException
          */
         public function publish(string $destination, array $payload): void {}

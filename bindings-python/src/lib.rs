@@ -9,6 +9,7 @@ mod dead_letters;
 mod decode;
 mod errors;
 mod headers;
+mod logs;
 mod payload;
 mod producer;
 mod receipt;
@@ -28,6 +29,11 @@ fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sending::Sending>()?;
     m.add("NOT_DECODED", decode::not_decoded(m.py())?)?;
     m.add_function(wrap_pyfunction!(decode::decode_body, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::install_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::set_log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::next_log_records, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::take_log_records, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::wake_log_records, m)?)?;
     errors::register(m)?;
     Ok(())
 }

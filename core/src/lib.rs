@@ -29,6 +29,7 @@ pub mod delivery;
 pub mod error;
 pub mod failover;
 pub mod hub;
+pub mod logs;
 pub mod message;
 pub mod process;
 pub mod subscription;

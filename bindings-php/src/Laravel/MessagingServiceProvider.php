@@ -17,7 +17,8 @@ use Polybus\MessageBrokerInterface;
  * Binds `Polybus\MessageBrokerInterface` to the broker `config('messaging.driver')` names
  * (redis | kafka | rabbitmq | memory | null), registers `messaging:consume` and
  * `messaging:dlq`, binds `Polybus\Hub` (`messaging.hub.tasks` / `events` drivers), and offers
- * `config/messaging.php` for publishing (`--tag=messaging-config`). An application overrides
+ * `config/messaging.php` for publishing (`--tag=messaging-config`), and sends the engine's log
+ * records to the application's log (`messaging.log_level`). An application overrides
  * the binding with `$this->app->bind(MessageBrokerInterface::class, ...)` in its own provider,
  * or one driver with `BrokerFactory::extend()`.
  */
@@ -68,6 +69,8 @@ class MessagingServiceProvider extends ServiceProvider
     public function boot(): void
     {
         $this->publishes([self::configPath() => $this->app->configPath('messaging.php')], 'messaging-config');
+        // The engine's log records (reconnects, failovers, librdkafka) go to the application's log.
+        Broker::setLogger($this->app->make('log'), (string) $this->app['config']->get('messaging.log_level', 'warning'));
         if ($this->app->runningInConsole()) {
             $this->commands([ConsumeCommand::class, DeadLettersCommand::class]);
         }

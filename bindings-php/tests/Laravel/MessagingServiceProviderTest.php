@@ -54,6 +54,36 @@ final class MessagingServiceProviderTest extends TestCase
         }
     }
 
+    public function testTheEngineLogsToTheApplicationsLogAtTheConfiguredLevel(): void
+    {
+        $socket = stream_socket_server('tcp://127.0.0.1:0');
+        self::assertNotFalse($socket);
+        $name = (string) stream_socket_get_name($socket, false);
+        fclose($socket);
+        $spool = sys_get_temp_dir() . '/polybus-laravel-logs-' . bin2hex(random_bytes(4));
+        $logger = new MemoryLogger();
+        $app = TestApplication::boot([
+            'driver' => 'redis',
+            'redis_mode' => 'list',
+            'log_level' => 'info',
+            'failover' => ['spool_dir' => $spool],
+            'connections' => ['redis' => ['host' => '127.0.0.1', 'port' => (int) substr($name, strrpos($name, ':') + 1)]],
+        ], $logger);
+        try {
+            $app->make(MessageBrokerInterface::class)->publish('laravel.logs', ['n' => 1]);
+        } finally {
+            Broker::setLogger(null, 'warning');
+            exec('rm -rf ' . escapeshellarg($spool));
+        }
+        $warnings = array_values(array_filter(
+            $logger->records,
+            static fn (array $r): bool => $r['message'] === 'failover: the primary is unreachable at start; spooling',
+        ));
+        self::assertCount(1, $warnings, (string) json_encode($logger->records));
+        self::assertSame('warning', $warnings[0]['level']);
+        self::assertSame('polybus.failover.broker', $warnings[0]['context']['logger']);
+    }
+
     public function testTheNullDriverIsTheNullMessageBroker(): void
     {
         $app = TestApplication::boot(['driver' => 'null'], new MemoryLogger());

@@ -24,6 +24,7 @@ from ._handlers import (
     registered_handlers,
 )
 from ._hub import Hub
+from ._logs import start as _start_logs
 from ._polybus import (
     Broker,
     BrokerConnectionError,
@@ -72,3 +73,6 @@ __all__ = [
     "registered_handlers",
     "run_consumers",
 ]
+
+# The engine's log records go to `logging` (loggers under "polybus"): see `polybus._logs`.
+_start_logs()
