@@ -89,3 +89,21 @@ def test_records_still_waiting_at_exit_are_logged(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "failover: the primary is unreachable at start; spooling" in done.stderr, done.stderr
+
+
+def test_an_unreachable_kafka_is_reported_once_not_per_reconnect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    port = _dead_url().split(":")[2].split("/")[0]
+    polybus.configure_messaging(url=f"kafka://127.0.0.1:{port}?message.timeout.ms=1500")
+    started = time.monotonic()
+    with pytest.raises(polybus.PolybusError):
+        polybus.get_producer().send_sync("pytest.logs", {"n": 1})
+    # Within the delivery timeout, not the admin client's 60 s.
+    assert time.monotonic() - started < 15
+    time.sleep(2)  # librdkafka retries the connection meanwhile
+    messages = [r.getMessage() for r in caplog.records]
+    down = [m for m in messages if "no broker is reachable" in m]
+    assert 1 <= len(down) <= 2, messages  # the producer's and the admin client's
+    assert not [m for m in messages if "Global error" in m], messages

@@ -18,10 +18,11 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers as _;
-use rdkafka::producer::FutureProducer;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::KafkaProducer;
+use super::client_errors::ErrorReports;
 use super::codec::from_record;
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::retry::{self, Origin};
@@ -62,7 +63,7 @@ struct Shared {
     /// The group's retry topic, read along with the subscribed topics.
     retry_topic: String,
     /// Writes copies of messages nacked with a delay to the retry topic.
-    producer: FutureProducer,
+    producer: KafkaProducer,
     /// Bumped at each rebalance, so the poll thread re-applies its pauses and forgets held
     /// messages of partitions it lost.
     assignments: AtomicU64,
@@ -80,9 +81,14 @@ struct Shared {
 struct GroupContext {
     shared: Arc<Shared>,
     ready: Readiness,
+    errors: ErrorReports,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.report(&error, reason);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(
@@ -270,7 +276,7 @@ pub(super) fn run(
     settings: KafkaSettings,
     spec: SubscriptionSpec,
     sink: DeliverySink,
-    producer: FutureProducer,
+    producer: KafkaProducer,
     retry_topic: String,
 ) {
     let reset = if spec.start == StartPosition::Latest {
@@ -293,6 +299,7 @@ pub(super) fn run(
     let context = GroupContext {
         shared: shared.clone(),
         ready: sink.readiness(),
+        errors: ErrorReports::default(),
     };
     let consumer: BaseConsumer<GroupContext> = match settings
         .consumer(&spec.group, reset)

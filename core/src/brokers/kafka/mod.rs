@@ -51,6 +51,7 @@
 //!   name) are skipped, not delivered. Pattern topics are not created.
 
 mod admin;
+mod client_errors;
 mod codec;
 mod consumer;
 mod offsets;
@@ -66,11 +67,11 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::channel::oneshot::Canceled;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 
+use self::client_errors::ClientReports;
 use self::consumer::kafka_error;
 use self::settings::KafkaSettings;
 use crate::broker::{
@@ -81,6 +82,9 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::subscription::Subscription;
+
+/// The producer, with Polybus' error reports.
+type KafkaProducer = FutureProducer<ClientReports>;
 
 const CAPABILITIES: Capabilities = Capabilities {
     persistent: true,
@@ -106,8 +110,8 @@ pub struct KafkaBroker {
 
 struct Inner {
     settings: KafkaSettings,
-    producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    producer: KafkaProducer,
+    admin: AdminClient<ClientReports>,
     /// Topics known to exist (created or checked).
     known_topics: Mutex<HashSet<String>>,
     closed: AtomicBool,
@@ -116,6 +120,9 @@ struct Inner {
     /// publish waits at most, and a blocking one too.
     delivery_timeout: Duration,
 }
+
+/// The most a topic's creation may take (the broker's work and the request).
+const TOPIC_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// librdkafka's `message.timeout.ms` when the URL sets none.
 const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -133,15 +140,19 @@ impl KafkaBroker {
             .get("message.timeout.ms")
             .and_then(|ms| ms.parse::<u64>().ok())
             .map_or(DEFAULT_DELIVERY_TIMEOUT, Duration::from_millis);
-        let producer: FutureProducer =
-            producer_config.create().map_err(|err| Error::Connection {
+        let producer: KafkaProducer = producer_config
+            .create_with_context(ClientReports::default())
+            .map_err(|err| Error::Connection {
                 target: target.clone(),
                 reason: err.to_string(),
             })?;
-        let admin = settings.common.create().map_err(|err| Error::Connection {
-            target: target.clone(),
-            reason: err.to_string(),
-        })?;
+        let admin = settings
+            .common
+            .create_with_context(ClientReports::default())
+            .map_err(|err| Error::Connection {
+                target: target.clone(),
+                reason: err.to_string(),
+            })?;
         Ok(KafkaBroker {
             inner: Arc::new(Inner {
                 settings,
@@ -183,7 +194,12 @@ impl KafkaBroker {
                 )
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        // A send that creates its topic first fails within its delivery timeout (not the
+        // admin client's 60 s) when no broker answers.
+        let limit = TOPIC_CREATE_TIMEOUT.min(self.inner.delivery_timeout);
+        let options = AdminOptions::new()
+            .operation_timeout(Some(limit))
+            .request_timeout(Some(limit));
         let results = self
             .inner
             .admin
