@@ -7,7 +7,9 @@ Set ``POLYBUS_URL`` to run the same app on Kafka, RabbitMQ or Redis.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
 
 from polybus import (
     MessageContext,
@@ -44,7 +46,8 @@ async def charge(order: OrderCreated, context: MessageContext, ledger: list[str]
 
 @message_handler(topic=["orders.created", "orders.cancelled"])
 def audit(message: dict, context: MessageContext) -> None:  # sync handlers run in a thread pool
-    print(f"audit: {context.topic} {message}")
+    # One write per line: this runs beside the event loop's prints.
+    sys.stdout.write(f"audit: {context.topic} {message}\n")
 
 
 async def main() -> None:
@@ -71,4 +74,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # The engine's own records (a retry here) go to `logging`, under loggers named polybus.*.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     asyncio.run(main())
