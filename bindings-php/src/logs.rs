@@ -97,22 +97,20 @@ pub fn forward() {
 }
 
 fn emit(record: &LogRecord) {
-    let logged = LOGGER.with(|slot| {
-        let slot = slot.borrow();
-        let logger = slot.as_ref()?;
+    // A handle of its own: the logger may call into Polybus (even `setLogger`) meanwhile.
+    let logger = LOGGER.with(|slot| slot.borrow().as_ref().map(Zval::shallow_clone));
+    let logged = logger.is_some_and(|logger| {
         let mut context = ZendHashTable::new();
         let _ = context.insert("logger", record.logger_name());
         for (name, value) in &record.fields {
             let _ = context.insert(name.as_str(), value.as_str());
         }
         let message = record.message.clone();
-        Some(
-            logger
-                .try_call_method("log", vec![&psr_level(record.level), &message, &context])
-                .is_ok(),
-        )
+        logger
+            .try_call_method("log", vec![&psr_level(record.level), &message, &context])
+            .is_ok()
     });
-    if logged != Some(true) {
+    if !logged {
         // No logger, or it failed (its exception stays pending for the caller).
         let line = format!(
             "polybus {}: {} [{}]",

@@ -107,3 +107,26 @@ def test_an_unreachable_kafka_is_reported_once_not_per_reconnect(
     down = [m for m in messages if "no broker is reachable" in m]
     assert 1 <= len(down) <= 2, messages  # the producer's and the admin client's
     assert not [m for m in messages if "Global error" in m], messages
+
+
+def _warn_in_child(spool: str, log_file: str) -> None:
+    logging.basicConfig(filename=log_file, level=logging.WARNING, force=True)
+    polybus.configure_messaging(url=_dead_url(), failover={"spool_dir": spool})
+    polybus.get_producer().send_sync("pytest.logs", {"n": 1})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "spooling" not in Path(log_file).read_text():
+        time.sleep(0.05)
+
+
+def test_a_forked_child_passes_its_records_on_too(tmp_path: Path) -> None:
+    import multiprocessing
+
+    log_file = tmp_path / "child.log"
+    log_file.touch()
+    child = multiprocessing.get_context("fork").Process(
+        target=_warn_in_child, args=(str(tmp_path / "spool"), str(log_file))
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert "failover: the primary is unreachable at start; spooling" in log_file.read_text()

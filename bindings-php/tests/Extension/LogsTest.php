@@ -102,6 +102,23 @@ final class LogsTest extends TestCase
         self::assertContains('debug connected to redis polybus.brokers.redis', $logger->messages);
     }
 
+    public function testALoggerMayCallIntoPolybusWhileLogging(): void
+    {
+        $logger = new class () extends AbstractLogger {
+            public int $calls = 0;
+
+            public function log($level, $message, array $context = []): void
+            {
+                ++$this->calls;
+                // Setting a logger from inside the logger, as a misbehaving one could.
+                Broker::setLogger($this, 'warning');
+            }
+        };
+        Broker::setLogger($logger);
+        $this->spooling()->close();
+        self::assertGreaterThanOrEqual(1, $logger->calls);
+    }
+
     public function testAnUnknownLevelOrALoggerWithoutLogIsRefused(): void
     {
         try {

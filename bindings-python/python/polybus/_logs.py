@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import Optional
 
@@ -38,9 +39,19 @@ class _Forwarder:
         if logging.getLevelName(TRACE) == f"Level {TRACE}":
             logging.addLevelName(TRACE, "TRACE")
         self.sync_level()
+        self._spawn()
+        atexit.register(self.stop)
+        # A forked child has no thread of its parent's: it starts its own.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._run, name="polybus-logs", daemon=True)
         self._thread.start()
-        atexit.register(self.stop)
+
+    def _after_fork(self) -> None:
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._spawn()
 
     def sync_level(self) -> None:
         """Passes on records at the ``polybus`` logger's effective level and above."""
