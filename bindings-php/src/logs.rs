@@ -3,10 +3,11 @@
 //! consuming between batches, flushing, closing): to the PSR-3 logger set with
 //! `Broker::setLogger()`, or else to PHP's `error_log()`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendCallable, ZendHashTable, Zval};
+use ext_php_rs::zend::ExecutorGlobals;
 use polybus::logs::{self, LogLevel, LogRecord};
 
 use crate::errors::config_error;
@@ -17,6 +18,8 @@ const BATCH: usize = 500;
 thread_local! {
     /// The PSR-3 logger (an object with `log($level, $message, $context)`), if set.
     static LOGGER: RefCell<Option<Zval>> = const { RefCell::new(None) };
+    /// Records are being passed on (a logger calling into Polybus must not start again).
+    static FORWARDING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The engine level for a PSR-3 level name (or `off`).
@@ -71,56 +74,71 @@ pub fn set_logger(logger: Option<&Zval>, level: &str) -> PhpResult<()> {
     // Records waiting now go where they were meant to.
     forward();
     logs::set_level(level);
-    LOGGER.with(|slot| *slot.borrow_mut() = logger);
+    // The old logger is let go outside the borrow: its destructor may call into Polybus.
+    let old = LOGGER.with(|slot| slot.replace(logger));
+    drop(old);
     Ok(())
 }
 
 /// Forgets the logger (request shutdown: PHP frees the request's objects after this).
 pub fn clear_logger() {
-    LOGGER.with(|slot| slot.borrow_mut().take());
+    let old = LOGGER.with(RefCell::take);
+    drop(old);
 }
 
-/// Passes on every waiting record. Cheap when none waits (one atomic load).
+/// Passes on the records waiting now. Cheap when none waits (one atomic load). Not while a
+/// PHP exception is pending (PHP would skip the calls: the records wait for the next time),
+/// nor from inside a logger that called into Polybus (the outer call carries on).
 pub fn forward() {
-    if !logs::pending() {
+    if !logs::pending() || ExecutorGlobals::has_exception() || FORWARDING.with(Cell::get) {
         return;
     }
-    loop {
-        let batch = logs::try_take(BATCH);
-        if batch.is_empty() {
-            return;
+    FORWARDING.with(|f| f.set(true));
+    // Bounded: a source faster than the logger must not keep PHP here.
+    for _ in 0..=logs::QUEUE_CAPACITY / BATCH {
+        let mut batch = logs::try_take(BATCH).into_iter();
+        let full = batch.len() == BATCH;
+        while let Some(record) = batch.next() {
+            emit(&record);
+            if ExecutorGlobals::has_exception() {
+                // The logger threw: the rest waits for the next call.
+                logs::put_back(batch.collect());
+                FORWARDING.with(|f| f.set(false));
+                return;
+            }
         }
-        for record in &batch {
-            emit(record);
+        if !full {
+            break;
         }
     }
+    FORWARDING.with(|f| f.set(false));
 }
 
 fn emit(record: &LogRecord) {
     // A handle of its own: the logger may call into Polybus (even `setLogger`) meanwhile.
     let logger = LOGGER.with(|slot| slot.borrow().as_ref().map(Zval::shallow_clone));
-    let logged = logger.is_some_and(|logger| {
+    if let Some(logger) = logger {
         let mut context = ZendHashTable::new();
         let _ = context.insert("logger", record.logger_name());
         for (name, value) in &record.fields {
             let _ = context.insert(name.as_str(), value.as_str());
         }
         let message = record.message.clone();
-        logger
+        if logger
             .try_call_method("log", vec![&psr_level(record.level), &message, &context])
             .is_ok()
-    });
-    if !logged {
-        // No logger, or it failed (its exception stays pending for the caller).
-        let line = format!(
-            "polybus {}: {} [{}]",
-            psr_level(record.level),
-            record.text(),
-            record.logger_name()
-        );
-        if let Ok(error_log) = ZendCallable::try_from_name("error_log") {
-            let _ = error_log.try_call(vec![&line]);
+        {
+            return;
         }
+    }
+    let line = format!(
+        "polybus {}: {} [{}]",
+        psr_level(record.level),
+        record.text(),
+        record.logger_name()
+    );
+    if let Ok(error_log) = ZendCallable::try_from_name("error_log") {
+        let _ = error_log.try_call(vec![&line]);
     }
 }
 

@@ -82,6 +82,8 @@ impl Broker {
             })
             .transpose()
             .map_err(to_py)?;
+        // The `polybus` logger's level as it is now: librdkafka reads its own when created.
+        crate::logs::sync_python_level(py);
         let runtime = crate::runtime::get();
         let inner = py
             .detach(|| {

@@ -34,6 +34,8 @@ fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logs::next_log_records, m)?)?;
     m.add_function(wrap_pyfunction!(logs::take_log_records, m)?)?;
     m.add_function(wrap_pyfunction!(logs::wake_log_records, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::log_records_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::log_records_after_fork, m)?)?;
     errors::register(m)?;
     Ok(())
 }

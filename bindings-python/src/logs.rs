@@ -58,6 +58,26 @@ pub fn wake_log_records() {
     logs::wake();
 }
 
+/// Before `os.fork()`: the queue's lock is taken, so the child does not inherit it held.
+#[pyfunction]
+pub fn log_records_before_fork() {
+    logs::before_fork();
+}
+
+/// After `os.fork()`, in the parent and (`child`) the child.
+#[pyfunction]
+pub fn log_records_after_fork(child: bool) {
+    logs::after_fork(child);
+}
+
+/// Has `polybus._logs` read the `polybus` logger's level now (a broker is being connected).
+/// A failure (the package half imported) leaves the level as it was.
+pub fn sync_python_level(py: Python<'_>) {
+    let _ = py
+        .import("polybus._logs")
+        .and_then(|module| module.call_method0("sync_level"));
+}
+
 fn to_python(py: Python<'_>, record: LogRecord) -> PyResult<PyRecord<'_>> {
     let levelno = match record.level {
         LogLevel::Error => 40,

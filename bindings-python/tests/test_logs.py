@@ -68,9 +68,11 @@ def test_the_polybus_logger_s_level_decides_what_is_passed_on(
     caplog.set_level(logging.DEBUG)
     polybus_level.setLevel(logging.DEBUG)
     # Connecting reads the level: the Redis backend's debug record comes through.
-    polybus.configure_messaging(url=REDIS_URL)
-    polybus.get_producer().send_sync("pytest.logs", {"n": 1})
-    record = _wait_for(caplog, "connected to redis")
+    broker = polybus.Broker.connect(url=REDIS_URL)
+    try:
+        record = _wait_for(caplog, "connected to redis")
+    finally:
+        broker.close_blocking()
     assert record.levelno == logging.DEBUG
     assert record.name == "polybus.brokers.redis"
     assert record.polybus_fields["mode"] == "list"  # type: ignore[attr-defined]

@@ -282,17 +282,59 @@ pub fn wake() {
     queue.arrived.notify_all();
 }
 
+/// Puts records taken but not passed on back at the front, in their order (a binding that
+/// could not pass them on now). What no longer fits is counted as dropped.
+pub fn put_back(records: Vec<LogRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    let queue = queue();
+    let mut state = queue.lock();
+    let room = QUEUE_CAPACITY.saturating_sub(state.records.len());
+    let kept = records.len().min(room);
+    state.dropped += (records.len() - kept) as u64;
+    for record in records.into_iter().take(kept).rev() {
+        state.records.push_front(record);
+    }
+    queue.waiting.store(true, Ordering::Release);
+}
+
+std::thread_local! {
+    /// The queue's lock, held by the thread that forks across `fork()`.
+    static HELD_FOR_FORK: std::cell::RefCell<Option<std::sync::MutexGuard<'static, QueueState>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Before `fork()`: takes the queue's lock, so the child does not start with it held by a
+/// thread it does not have. Call [`after_fork`] in the parent and the child.
+pub fn before_fork() {
+    let guard = queue().lock();
+    HELD_FOR_FORK.with(|held| *held.borrow_mut() = Some(guard));
+}
+
+/// After `fork()`, in the parent and (`child`) the child: lets the lock go; the child forgets
+/// the records it inherited (the parent passes them on).
+pub fn after_fork(child: bool) {
+    HELD_FOR_FORK.with(|held| {
+        // Taken (and so unlocked at the end of this statement) in the parent too.
+        if let Some(mut state) = held.borrow_mut().take()
+            && child
+        {
+            state.records.clear();
+            state.dropped = 0;
+            queue().waiting.store(false, Ordering::Release);
+        }
+    });
+}
+
 /// Puts `tracing` events in the queue. Spans are not kept: the engine reports with events.
 struct QueueSubscriber;
 
 impl Subscriber for QueueSubscriber {
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        // Rebuilt by `set_level`, so a disabled call site costs nothing until then.
-        if self.enabled(metadata) {
-            Interest::always()
-        } else {
-            Interest::never()
-        }
+    fn register_callsite(&self, _metadata: &'static Metadata<'static>) -> Interest {
+        // Asked each time: the level changes at run time. Records above the level cost
+        // nothing anyway: `max_level_hint` sets tracing's global filter, checked first.
+        Interest::sometimes()
     }
 
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {

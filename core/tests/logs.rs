@@ -2,7 +2,16 @@
 
 use std::time::Duration;
 
-use polybus::logs::{self, LogLevel, QUEUE_CAPACITY};
+use polybus::logs::{self, LogLevel, LogRecord, QUEUE_CAPACITY};
+
+fn record(message: &str) -> LogRecord {
+    LogRecord {
+        level: LogLevel::Warn,
+        target: "logs".to_owned(),
+        message: message.to_owned(),
+        fields: Vec::new(),
+    }
+}
 
 /// One test: the subscriber, the level and the queue are process-wide.
 #[test]
@@ -62,6 +71,23 @@ fn records_at_the_level_wait_for_the_binding() {
         assert!(!batch.is_empty());
         left -= batch.len();
     }
+    assert!(logs::try_take(10).is_empty());
+
+    // Records put back come first, in their order.
+    tracing::warn!("third");
+    logs::put_back(vec![record("first"), record("second")]);
+    let texts: Vec<String> = logs::try_take(10).into_iter().map(|r| r.message).collect();
+    assert_eq!(texts, ["first", "second", "third"]);
+
+    // Around a fork: the parent keeps its records, a child forgets the inherited ones.
+    tracing::warn!("before the fork");
+    logs::before_fork();
+    logs::after_fork(false);
+    assert_eq!(logs::try_take(10).len(), 1);
+    tracing::warn!("inherited");
+    logs::before_fork();
+    logs::after_fork(true);
+    assert!(!logs::pending());
     assert!(logs::try_take(10).is_empty());
 
     // A waiting take returns when woken.

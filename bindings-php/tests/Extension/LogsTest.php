@@ -119,6 +119,34 @@ final class LogsTest extends TestCase
         self::assertGreaterThanOrEqual(1, $logger->calls);
     }
 
+    public function testALoggerThatThrowsHasItsExceptionSurfaceAndKeepsLogging(): void
+    {
+        $logger = new class () extends AbstractLogger {
+            /** @var list<string> */
+            public array $messages = [];
+            public bool $thrown = false;
+
+            public function log($level, $message, array $context = []): void
+            {
+                if (!$this->thrown) {
+                    $this->thrown = true;
+                    throw new \RuntimeException('the log is full');
+                }
+                $this->messages[] = (string) $message;
+            }
+        };
+        Broker::setLogger($logger, 'debug');
+        try {
+            $this->spooling();
+            self::fail('the logger\'s exception did not surface');
+        } catch (\RuntimeException $e) {
+            self::assertSame('the log is full', $e->getMessage());
+        }
+        // Later records still reach it.
+        $this->spooling()->close();
+        self::assertContains('failover: the primary is unreachable at start; spooling', $logger->messages);
+    }
+
     public function testAnUnknownLevelOrALoggerWithoutLogIsRefused(): void
     {
         try {

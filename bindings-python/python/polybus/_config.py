@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from . import _logs, _polybus
+from . import _polybus
 from ._producer import Producer
 
 _lock = threading.Lock()
@@ -67,7 +67,6 @@ def get_broker() -> _polybus.Broker:
     global _broker
     with _lock:
         if _broker is None:
-            _logs.sync_level()
             _broker = _polybus.Broker.connect(
                 url=_settings.get("url"),
                 broker=_settings.get("broker"),

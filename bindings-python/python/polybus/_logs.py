@@ -11,6 +11,7 @@ record's structured fields are in ``record.polybus_fields`` (a dict).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from . import _polybus
 #: Python's level number for the engine's trace records.
 TRACE = 5
 _BATCH = 500
+_QUEUE_CAPACITY = 10_000
 _WAIT_SECONDS = 1.0
 _STOP_SECONDS = 2.0
 
@@ -41,14 +43,20 @@ class _Forwarder:
         self.sync_level()
         self._spawn()
         atexit.register(self.stop)
-        # A forked child has no thread of its parent's: it starts its own.
-        os.register_at_fork(after_in_child=self._after_fork)
+        # A forked child has no thread of its parent's: it starts its own. The queue's lock is
+        # held across the fork, so the child never inherits it taken by a thread it lacks.
+        os.register_at_fork(
+            before=_polybus.log_records_before_fork,
+            after_in_parent=functools.partial(_polybus.log_records_after_fork, False),
+            after_in_child=self._after_fork,
+        )
 
     def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._run, name="polybus-logs", daemon=True)
         self._thread.start()
 
     def _after_fork(self) -> None:
+        _polybus.log_records_after_fork(True)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._spawn()
@@ -76,7 +84,11 @@ class _Forwarder:
         _polybus.wake_log_records()
         if self._thread is not None:
             self._thread.join(_STOP_SECONDS)
-        while records := _polybus.take_log_records(_BATCH):
+        # Bounded: what the queue can hold, not a source that keeps logging.
+        for _ in range(_QUEUE_CAPACITY // _BATCH + 1):
+            records = _polybus.take_log_records(_BATCH)
+            if not records:
+                break
             self._emit(records)
 
     @staticmethod

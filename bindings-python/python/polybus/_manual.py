@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
-from . import _logs, _polybus
+from . import _polybus
 from ._config import _option
 from ._handlers import handler_spec
 from ._runner import HandlerRunner
@@ -62,7 +62,6 @@ class ManualConsumer:
 
     async def start(self) -> None:
         """Connects, subscribes and starts handling messages in the background."""
-        _logs.sync_level()
         broker = _polybus.Broker.connect(**self._connect)
         self._runner = HandlerRunner(self._spec, broker, group=self._spec.group)
         await self._runner.start()

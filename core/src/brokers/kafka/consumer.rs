@@ -489,7 +489,18 @@ impl Poller {
                     self.sink.fail_now(kafka_error(err));
                     return Polled::Fatal;
                 }
-                tracing::warn!(error = %err, group = %self.shared.group, "kafka consumer error");
+                if matches!(
+                    err.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown
+                    )
+                ) {
+                    // Connection trouble: the client's error callback (`GroupContext::error`)
+                    // reported it already, throttled.
+                    tracing::debug!(error = %err, group = %self.shared.group, "kafka consumer error");
+                } else {
+                    tracing::warn!(error = %err, group = %self.shared.group, "kafka consumer error");
+                }
                 Polled::Nothing
             }
         }
