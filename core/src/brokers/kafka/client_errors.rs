@@ -6,8 +6,9 @@
 //! default logs every callback as an error, so a broker that was down for a minute left
 //! hundreds of error lines. Here: the transport failure is left to librdkafka's line (debug),
 //! "all brokers down" is a warning at most once a minute per client, fatal errors are errors
-//! and the rest warnings. rust-rdkafka's producer calls the callback twice for one error, so
-//! the same error again within a second is not logged again.
+//! and the rest warnings. One error often arrives twice (rust-rdkafka's producer calls the
+//! callback twice; a consumer's poll returns the error its callback had), so the same error
+//! code again within a second is not logged again.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,56 +23,79 @@ const ALL_DOWN_EVERY: Duration = Duration::from_secs(60);
 const REPEAT_WITHIN: Duration = Duration::from_secs(1);
 
 /// Logs one client's errors (see the module documentation).
-#[derive(Default)]
 pub(super) struct ErrorReports {
+    /// Which client, for the records: `producer`, `admin`, `consumer of group "g"`.
+    client: String,
     /// When "all brokers down" was last logged.
     all_down: Mutex<Option<Instant>>,
-    /// The last error reported and when.
+    /// The last error reported (its code, or its text when it has none) and when.
     last: Mutex<Option<(String, Instant)>>,
 }
 
 impl ErrorReports {
-    /// Logs `error` (librdkafka's error callback), `reason` being librdkafka's explanation.
+    /// The reports of `client`.
+    pub(super) fn new(client: impl Into<String>) -> ErrorReports {
+        ErrorReports {
+            client: client.into(),
+            all_down: Mutex::new(None),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Logs `error`: from librdkafka's error callback (`reason` its explanation) or a
+    /// consumer's poll (no reason).
     pub(super) fn report(&self, error: &KafkaError, reason: &str) {
-        let text = format!("{error}: {reason}");
+        let key = match error.rdkafka_error_code() {
+            Some(code) => format!("{code:?}"),
+            None => error.to_string(),
+        };
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
             if last
                 .as_ref()
-                .is_some_and(|(seen, at)| *seen == text && at.elapsed() < REPEAT_WITHIN)
+                .is_some_and(|(seen, at)| *seen == key && at.elapsed() < REPEAT_WITHIN)
             {
                 return;
             }
-            *last = Some((text, Instant::now()));
+            *last = Some((key, Instant::now()));
         }
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {
-                tracing::debug!(error = %error, "kafka: {reason}");
+                tracing::debug!(client = %self.client, error = %error, reason, "kafka: a broker connection failed");
             }
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 let mut last = self.all_down.lock().unwrap_or_else(|e| e.into_inner());
                 if last.is_none_or(|at| at.elapsed() >= ALL_DOWN_EVERY) {
                     *last = Some(Instant::now());
                     tracing::warn!(
+                        client = %self.client,
                         reason,
                         "kafka: no broker is reachable; librdkafka keeps reconnecting (said at most once a minute)"
                     );
                 } else {
-                    tracing::debug!(reason, "kafka: no broker is reachable");
+                    tracing::debug!(client = %self.client, reason, "kafka: no broker is reachable");
                 }
             }
             Some(RDKafkaErrorCode::Fatal) => {
-                tracing::error!(error = %error, "kafka: fatal client error: {reason}");
+                tracing::error!(client = %self.client, error = %error, reason, "kafka: fatal client error");
             }
-            _ => tracing::warn!(error = %error, "kafka: client error: {reason}"),
+            _ => {
+                tracing::warn!(client = %self.client, error = %error, reason, "kafka: client error")
+            }
         }
     }
 }
 
 /// The context of the broker's producer and admin client: only the error reports differ from
 /// rust-rdkafka's default.
-#[derive(Default)]
 pub(super) struct ClientReports(ErrorReports);
+
+impl ClientReports {
+    /// The context of `client`.
+    pub(super) fn new(client: &str) -> ClientReports {
+        ClientReports(ErrorReports::new(client))
+    }
+}
 
 impl ClientContext for ClientReports {
     fn error(&self, error: KafkaError, reason: &str) {

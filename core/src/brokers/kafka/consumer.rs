@@ -299,7 +299,7 @@ pub(super) fn run(
     let context = GroupContext {
         shared: shared.clone(),
         ready: sink.readiness(),
-        errors: ErrorReports::default(),
+        errors: ErrorReports::new(format!("consumer of group {:?}", spec.group)),
     };
     let consumer: BaseConsumer<GroupContext> = match settings
         .consumer(&spec.group, reset)
@@ -489,18 +489,9 @@ impl Poller {
                     self.sink.fail_now(kafka_error(err));
                     return Polled::Fatal;
                 }
-                if matches!(
-                    err.rdkafka_error_code(),
-                    Some(
-                        RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown
-                    )
-                ) {
-                    // Connection trouble: the client's error callback (`GroupContext::error`)
-                    // reported it already, throttled.
-                    tracing::debug!(error = %err, group = %self.shared.group, "kafka consumer error");
-                } else {
-                    tracing::warn!(error = %err, group = %self.shared.group, "kafka consumer error");
-                }
+                // Through the client's reports: an error event's copy of what its callback
+                // (`GroupContext::error`) reported is not logged twice.
+                self.consumer.context().errors.report(&err, "");
                 Polled::Nothing
             }
         }

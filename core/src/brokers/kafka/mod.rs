@@ -140,19 +140,17 @@ impl KafkaBroker {
             .get("message.timeout.ms")
             .and_then(|ms| ms.parse::<u64>().ok())
             .map_or(DEFAULT_DELIVERY_TIMEOUT, Duration::from_millis);
+        let unreachable = |err: KafkaError| Error::Connection {
+            target: target.clone(),
+            reason: err.to_string(),
+        };
         let producer: KafkaProducer = producer_config
-            .create_with_context(ClientReports::default())
-            .map_err(|err| Error::Connection {
-                target: target.clone(),
-                reason: err.to_string(),
-            })?;
+            .create_with_context(ClientReports::new("producer"))
+            .map_err(unreachable)?;
         let admin = settings
             .common
-            .create_with_context(ClientReports::default())
-            .map_err(|err| Error::Connection {
-                target: target.clone(),
-                reason: err.to_string(),
-            })?;
+            .create_with_context(ClientReports::new("admin"))
+            .map_err(unreachable)?;
         Ok(KafkaBroker {
             inner: Arc::new(Inner {
                 settings,
