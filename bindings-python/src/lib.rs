@@ -29,6 +29,7 @@ fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sending::Sending>()?;
     m.add("NOT_DECODED", decode::not_decoded(m.py())?)?;
     m.add_function(wrap_pyfunction!(decode::decode_body, m)?)?;
+    m.add("LOG_QUEUE_CAPACITY", polybus::logs::QUEUE_CAPACITY)?;
     m.add_function(wrap_pyfunction!(logs::install_logging, m)?)?;
     m.add_function(wrap_pyfunction!(logs::set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(logs::next_log_records, m)?)?;

@@ -22,7 +22,6 @@ from . import _polybus
 #: Python's level number for the engine's trace records.
 TRACE = 5
 _BATCH = 500
-_QUEUE_CAPACITY = 10_000
 _WAIT_SECONDS = 1.0
 _STOP_SECONDS = 2.0
 
@@ -85,7 +84,7 @@ class _Forwarder:
         if self._thread is not None:
             self._thread.join(_STOP_SECONDS)
         # Bounded: what the queue can hold, not a source that keeps logging.
-        for _ in range(_QUEUE_CAPACITY // _BATCH + 1):
+        for _ in range(_polybus.LOG_QUEUE_CAPACITY // _BATCH + 1):
             records = _polybus.take_log_records(_BATCH)
             if not records:
                 break
