@@ -136,6 +136,31 @@ def test_handlers_never_run_more_than_concurrency_at_once(broker_url: str, topic
     assert most == 3, f"{most} handlers ran at once with concurrency=3"
 
 
+def test_a_handler_that_waits_does_not_hold_up_the_messages_behind_it(
+    broker_url: str, topic: str
+) -> None:
+    # The first message's handler waits until every other one was handled: another worker
+    # must take the messages that arrived with it while it waits.
+    others_done = asyncio.Event()
+    done: list[int] = []
+
+    @message_handler(topic=topic, concurrency=2, prefetch=50)
+    async def handle(message: dict) -> None:
+        if message["n"] == 0:
+            await asyncio.wait_for(others_done.wait(), 20)
+        done.append(message["n"])
+        if len(done) == 39:
+            others_done.set()
+
+    async def send() -> None:
+        messages = [{"n": n} for n in range(40)]
+        await get_producer().send_batch(topic, messages, keys=[f"k{n}" for n in range(40)])
+
+    asyncio.run(run_handlers(topic, send, until=lambda: len(done) >= 40))
+    assert sorted(done) == list(range(40))
+    assert done[-1] == 0
+
+
 def test_without_a_prefetch_a_consumer_holds_the_brokers_default(
     broker_url: str, topic: str
 ) -> None:

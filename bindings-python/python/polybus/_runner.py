@@ -59,6 +59,8 @@ class HandlerRunner:
         self._ready: deque[Union[Job, int]] = deque()
         self._runs: dict[int, deque[Job]] = {}
         self._idle: list[asyncio.Future[None]] = []
+        # Workers woken that have not run yet: while one is on its way, no other is woken.
+        self._waking = 0
         self._draining = False
         # Stopping: jobs not started go back to the broker instead of to a worker.
         self._releasing = False
@@ -163,12 +165,21 @@ class HandlerRunner:
             queue.clear()
 
     def _wake_workers(self, everyone: bool = False) -> None:
+        """Wakes one idle worker for waiting jobs (every idle one when `everyone`). A worker
+        that takes a job while more wait wakes the next, so workers join one by one as
+        handlers suspend, instead of all of them for every batch: with handlers that do not
+        suspend, one worker handles a whole batch and at most one other wakes for nothing."""
         idle = self._idle
-        wanted = len(idle) if everyone else min(len(idle), len(self._ready))
-        for _ in range(wanted):
+        if not everyone and (self._waking or not self._ready):
+            return
+        while idle:
             waiter = idle.pop()
-            if not waiter.done():
-                waiter.set_result(None)
+            if waiter.done():
+                continue
+            self._waking += 1
+            waiter.set_result(None)
+            if not everyone:
+                return
 
     async def _work(self) -> None:
         """One of `concurrency` workers: handles waiting jobs one at a time (a run's jobs in
@@ -179,6 +190,8 @@ class HandlerRunner:
         while True:
             while ready:
                 item = ready.popleft()
+                if ready:
+                    self._wake_workers()
                 if type(item) is not int:
                     await self._handle(item)
                     continue
@@ -190,7 +203,11 @@ class HandlerRunner:
                 return
             waiter: asyncio.Future[None] = loop.create_future()
             self._idle.append(waiter)
-            await waiter
+            try:
+                await waiter
+            finally:
+                if waiter.done() and not waiter.cancelled():
+                    self._waking -= 1
 
     async def _handle(self, job: Job) -> None:
         token = job[0]
