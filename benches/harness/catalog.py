@@ -73,7 +73,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "python",
         "kafka",
         "produce",
-        "Python, Kafka produce (idempotent, acks=all, linger 2 ms for every client)",
+        "Python, Kafka produce (idempotent, acks=all, linger 1 ms for every client)",
         (
             _p("polybus-batch", PY_BATCH, 5),
             _p("polybus-send", PY_SEND, 5),

@@ -211,7 +211,7 @@ def rust_command(run: Run, url: str) -> Union[Command, str]:
         argv = [java, "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ProducerPerformance"]
         argv += ["--topic", run.topic, "--num-records", str(n), "--record-size", str(size)]
         argv += ["--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}"]
-        argv += ["acks=all", "enable.idempotence=true", "linger.ms=2"]
+        argv += ["acks=all", "enable.idempotence=true", "linger.ms=1"]
         return Command(argv, parser="producer-performance")
     if name == "rabbitmq-perf-test":
         libs = jar_dir("perf-test")

@@ -5,7 +5,7 @@ Producers: ``polybus-batch`` (``send_batch`` per 1000), ``polybus-send`` (one ``
 message, gathered 1000 at a time), ``confluent-kafka`` (``produce`` + ``poll(0)``, ``flush`` at
 the end), ``aiokafka`` (``send`` futures gathered 1000 at a time), ``faststream`` (``publish``
 gathered 1000 at a time); the async ones keep 4 chunks of 1000 in flight. Every producer has
-Polybus' producer settings: idempotent, acks=all, linger 2 ms. Consumers (a trivial handler
+Polybus' producer settings: idempotent, acks=all, linger 1 ms. Consumers (a trivial handler
 decoding the JSON): ``polybus`` (``KafkaConsumer`` with an async handler), ``confluent-kafka``
 (a sync ``poll`` loop in a thread), ``aiokafka`` (``getmany`` and an async handler per
 message), ``faststream`` (an async subscriber). The topic is created with 4 partitions by the
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import _common as c
 from _driver import Consumer, PolybusConsumer, PolybusProducer, Producer, main
 
-PRODUCER_SETTINGS = {"enable.idempotence": True, "linger.ms": 2}
+PRODUCER_SETTINGS = {"enable.idempotence": True, "linger.ms": 1}
 
 
 def bootstrap(url: str) -> str:
@@ -76,7 +76,7 @@ class AiokafkaProducer(Producer):
             bootstrap_servers=bootstrap(self.args.url),
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=1,
         )
         await self.producer.start()
 
@@ -105,7 +105,7 @@ class FaststreamProducer(Producer):
         from faststream.kafka import KafkaBroker
 
         self.broker = KafkaBroker(
-            bootstrap(self.args.url), acks="all", enable_idempotence=True, linger_ms=2, logger=None
+            bootstrap(self.args.url), acks="all", enable_idempotence=True, linger_ms=1, logger=None
         )
         await self.broker.start()
 
