@@ -385,6 +385,28 @@ where
     spawn_with(py, async move { Value(work.await) })
 }
 
+/// An `asyncio.Future` of the running loop that already holds the value of what `take`
+/// returns, or `None` when `take` has nothing: results at hand skip the trip through the
+/// runtime and the loop's wake-up socket. `take` runs once the loop is known, so nothing it
+/// takes is lost to a missing loop.
+pub fn resolved_now<'py, R: Ready>(
+    py: Python<'py>,
+    take: impl FnOnce() -> Option<R>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let event_loop = running_loop(py)?;
+    let Some(ready) = take() else {
+        return Ok(None);
+    };
+    let future = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
+    match Box::new(ready).into_value(py) {
+        Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,))?,
+        Err(err) => {
+            future.call_method1(pyo3::intern!(py, "set_exception"), (err.into_value(py),))?
+        }
+    };
+    Ok(Some(future))
+}
+
 /// Like [`spawn_cancellable`] for work whose result must be handed back when nobody takes it.
 pub fn spawn_with<'py, F, R>(py: Python<'py>, work: F) -> PyResult<Bound<'py, PyAny>>
 where

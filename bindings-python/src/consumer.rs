@@ -235,7 +235,8 @@ impl NativeConsumer {
 
 #[pymethods]
 impl NativeConsumer {
-    /// Waits up to `wait` seconds for at least one message, then takes up to `max`.
+    /// Waits up to `wait` seconds for at least one message, then takes up to `max`. Messages
+    /// already waiting are taken at once: the future returned is done.
     fn next_batch<'py>(
         &self,
         py: Python<'py>,
@@ -244,6 +245,17 @@ impl NativeConsumer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let bridge = self.bridge.clone();
         let body_only = self.body_only;
+        let at_hand = crate::completion::resolved_now(py, || {
+            let jobs = bridge.try_next_batch(max);
+            (!jobs.is_empty()).then(|| JobBatch {
+                jobs,
+                bridge: bridge.clone(),
+                body_only,
+            })
+        })?;
+        if let Some(done) = at_hand {
+            return Ok(done);
+        }
         let wait = Duration::from_secs_f64(wait.max(0.0));
         crate::completion::spawn_with(py, async move {
             let jobs = bridge.next_batch(max, wait).await;

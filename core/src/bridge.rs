@@ -68,22 +68,26 @@ impl HandlerBridge {
         loop {
             // Created before looking, so a job queued in between still wakes this wait.
             let queued = self.queued.notified();
-            {
-                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                if !queue.is_empty() {
-                    let taken = queue.len().min(max.max(1));
-                    let batch: Vec<Job> = queue.drain(..taken).collect();
-                    if !queue.is_empty() {
-                        // Left over for another taker.
-                        self.queued.notify_one();
-                    }
-                    return batch;
-                }
+            let batch = self.try_next_batch(max);
+            if !batch.is_empty() {
+                return batch;
             }
             if tokio::time::timeout_at(deadline, queued).await.is_err() {
                 return Vec::new();
             }
         }
+    }
+
+    /// Takes up to `max` jobs that are ready now, without waiting (none: an empty batch).
+    pub fn try_next_batch(&self, max: usize) -> Vec<Job> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = queue.len().min(max.max(1));
+        let batch: Vec<Job> = queue.drain(..taken).collect();
+        if !queue.is_empty() {
+            // Left over for another taker.
+            self.queued.notify_one();
+        }
+        batch
     }
 
     /// Reports outcomes: `Ok` acknowledges, `Err` applies the consumer's retry policy.
