@@ -387,17 +387,16 @@ where
 
 /// An `asyncio.Future` of the running loop that already holds the value of what `take`
 /// returns, or `None` when `take` has nothing: results at hand skip the trip through the
-/// runtime and the loop's wake-up socket. `take` runs once the loop is known, so nothing it
+/// runtime and the loop's wake-up socket. `take` runs once the future exists, so nothing it
 /// takes is lost to a missing loop.
 pub fn resolved_now<'py, R: Ready>(
     py: Python<'py>,
     take: impl FnOnce() -> Option<R>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let event_loop = running_loop(py)?;
+    let future = running_loop(py)?.call_method0(pyo3::intern!(py, "create_future"))?;
     let Some(ready) = take() else {
         return Ok(None);
     };
-    let future = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
     match Box::new(ready).into_value(py) {
         Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,))?,
         Err(err) => {

@@ -107,3 +107,22 @@ def test_handlers_that_wait_run_up_to_concurrency_at_once_from_one_batch() -> No
 
     run(handle, [jobs(0, 50)], concurrency=10, until=lambda: len(done) == 50)
     assert most == 10
+
+
+def test_a_handler_cancelled_from_elsewhere_fails_its_message_and_its_run_goes_on() -> None:
+    # Messages 0 and 1 share a run (one key: handled in order); 0's handler awaits a future
+    # that something else cancels.
+    done: list[int] = []
+
+    async def handle(message: dict[str, Any]) -> None:
+        if message["n"] == 0:
+            other = asyncio.get_running_loop().create_future()
+            other.cancel()
+            await other
+        done.append(message["n"])
+
+    batch = [(0, 7, {"n": 0}, None, None), (1, 7, {"n": 1}, None, None)] + jobs(2, 3)
+    outcomes = run(handle, [batch], concurrency=2, until=lambda: len(done) == 4)
+    assert sorted(done) == [1, 2, 3, 4]
+    assert (0, "the handler was cancelled", "CancelledError", False) in outcomes
+    assert sorted(o for o in outcomes if isinstance(o, int)) == [1, 2, 3, 4]

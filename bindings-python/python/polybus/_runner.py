@@ -196,9 +196,14 @@ class HandlerRunner:
                     await self._handle(item)
                     continue
                 queue = runs[item]
-                while queue:
-                    await self._handle(queue.popleft())
-                del runs[item]
+                try:
+                    while queue:
+                        await self._handle(queue.popleft())
+                finally:
+                    # A worker stopped midway (cancelled) gives back the rest of its run.
+                    for job in queue:
+                        self._report((job[0],))
+                    del runs[item]
             if self._draining:
                 return
             waiter: asyncio.Future[None] = loop.create_future()
@@ -223,6 +228,15 @@ class HandlerRunner:
             self._report((token, str(err), "ValidationError", True))
         except Exception as err:  # the handler's failure is the message's outcome
             self._report((token, str(err) or repr(err), type(err).__name__, False))
+        except asyncio.CancelledError:
+            if _worker_cancelled():
+                self._report((token,))  # not handled: back to the broker
+                raise
+            # The handler's own (it awaited something cancelled elsewhere): a failure.
+            self._report((token, "the handler was cancelled", "CancelledError", False))
+        except BaseException:
+            self._report((token,))
+            raise
         else:
             self._report(token)
 
@@ -307,6 +321,14 @@ class _Caller:
         else:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, functools.partial(self.spec.func, body, **kwargs))
+
+
+def _worker_cancelled() -> bool:
+    """Whether the running task is being cancelled (rather than a handler raising a
+    CancelledError of its own). Before Python 3.11 the two cannot be told apart: a cancel."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
 
 
 def _validate(schema: type, body: Any) -> Any:
