@@ -94,6 +94,12 @@ pub fn forward() {
         return;
     }
     FORWARDING.with(|f| f.set(true));
+    forward_waiting();
+    FORWARDING.with(|f| f.set(false));
+}
+
+/// Passes on what the queue holds now, batch by batch, until a logger throws.
+fn forward_waiting() {
     // Bounded: a source faster than the logger must not keep PHP here.
     for _ in 0..=logs::QUEUE_CAPACITY / BATCH {
         let mut batch = logs::try_take(BATCH).into_iter();
@@ -103,15 +109,13 @@ pub fn forward() {
             if ExecutorGlobals::has_exception() {
                 // The logger threw: the rest waits for the next call.
                 logs::put_back(batch.collect());
-                FORWARDING.with(|f| f.set(false));
                 return;
             }
         }
         if !full {
-            break;
+            return;
         }
     }
-    FORWARDING.with(|f| f.set(false));
 }
 
 fn emit(record: &LogRecord) {

@@ -385,17 +385,24 @@ where
     spawn_with(py, async move { Value(work.await) })
 }
 
-/// An `asyncio.Future` of the running loop that already holds the value of what `take`
-/// returns, or `None` when `take` has nothing: results at hand skip the trip through the
-/// runtime and the loop's wake-up socket. `take` runs once the future exists, so nothing it
-/// takes is lost to a missing loop.
-pub fn resolved_now<'py, R: Ready>(
+/// Like [`spawn_with`], except that when `now` has the result at hand the future returned is
+/// already done: no trip through the runtime and the loop's wake-up socket. `now` runs once
+/// the future exists, so nothing it takes is lost to a missing loop.
+pub fn spawn_unless_ready<'py, F, R>(
     py: Python<'py>,
-    take: impl FnOnce() -> Option<R>,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let future = running_loop(py)?.call_method0(pyo3::intern!(py, "create_future"))?;
-    let Some(ready) = take() else {
-        return Ok(None);
+    now: impl FnOnce() -> Option<R>,
+    work: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = R> + Send + 'static,
+    R: Ready,
+{
+    let event_loop = running_loop(py)?;
+    let future = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
+    let Some(ready) = now() else {
+        let work = async move { Box::new(work.await) as Box<dyn Ready> };
+        start(py, &event_loop, &future, work, true)?;
+        return Ok(future);
     };
     match Box::new(ready).into_value(py) {
         Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,))?,
@@ -403,7 +410,7 @@ pub fn resolved_now<'py, R: Ready>(
             future.call_method1(pyo3::intern!(py, "set_exception"), (err.into_value(py),))?
         }
     };
-    Ok(Some(future))
+    Ok(future)
 }
 
 /// Like [`spawn_cancellable`] for work whose result must be handed back when nobody takes it.

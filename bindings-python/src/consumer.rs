@@ -245,19 +245,19 @@ impl NativeConsumer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let bridge = self.bridge.clone();
         let body_only = self.body_only;
-        let at_hand = crate::completion::resolved_now(py, || {
-            let jobs = bridge.try_next_batch(max);
-            (!jobs.is_empty()).then(|| JobBatch {
-                jobs,
-                bridge: bridge.clone(),
-                body_only,
-            })
-        })?;
-        if let Some(done) = at_hand {
-            return Ok(done);
-        }
         let wait = Duration::from_secs_f64(wait.max(0.0));
-        crate::completion::spawn_with(py, async move {
+        let at_hand = {
+            let bridge = bridge.clone();
+            move || {
+                let jobs = bridge.try_next_batch(max);
+                (!jobs.is_empty()).then_some(JobBatch {
+                    jobs,
+                    bridge,
+                    body_only,
+                })
+            }
+        };
+        crate::completion::spawn_unless_ready(py, at_hand, async move {
             let jobs = bridge.next_batch(max, wait).await;
             JobBatch {
                 jobs,

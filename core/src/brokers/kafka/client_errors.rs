@@ -45,7 +45,8 @@ impl ErrorReports {
     /// Logs `error`: from librdkafka's error callback (`reason` its explanation) or a
     /// consumer's poll (no reason).
     pub(super) fn report(&self, error: &KafkaError, reason: &str) {
-        let key = match error.rdkafka_error_code() {
+        let code = error.rdkafka_error_code();
+        let key = match code {
             Some(code) => format!("{code:?}"),
             None => error.to_string(),
         };
@@ -59,7 +60,7 @@ impl ErrorReports {
             }
             *last = Some((key, Instant::now()));
         }
-        match error.rdkafka_error_code() {
+        match code {
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {
                 tracing::debug!(client = %self.client, error = %error, reason, "kafka: a broker connection failed");
             }
