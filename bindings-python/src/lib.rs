@@ -18,6 +18,10 @@ mod sending;
 
 use pyo3::prelude::*;
 
+/// The engine's allocator for everything this extension allocates (see `polybus::allocator`).
+#[global_allocator]
+static ALLOCATOR: polybus::allocator::EngineAllocator = polybus::allocator::EngineAllocator;
+
 /// The native module.
 #[pymodule]
 fn _polybus(m: &Bound<'_, PyModule>) -> PyResult<()> {

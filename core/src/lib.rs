@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "allocator")]
+pub mod allocator;
 pub mod bridge;
 pub mod broker;
 pub mod brokers;
