@@ -26,6 +26,10 @@ use ext_php_rs::prelude::*;
 use ext_php_rs::zend::ModuleEntry;
 use ext_php_rs::{info_table_end, info_table_row, info_table_start};
 
+/// The engine's allocator for everything this extension allocates (see `polybus::allocator`).
+#[global_allocator]
+static ALLOCATOR: polybus::allocator::EngineAllocator = polybus::allocator::EngineAllocator;
+
 /// How long module shutdown waits for the runtime's tasks before PHP unloads the library.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
 
