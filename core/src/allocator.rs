@@ -34,6 +34,7 @@ mod tests {
         // SAFETY: a valid non-zero layout; the block is written within it and freed once.
         let ptr = unsafe { EngineAllocator.alloc(layout) };
         assert!(!ptr.is_null());
+        // SAFETY: the block is 100 bytes long.
         unsafe { ptr.write_bytes(7, 100) };
         let address = ptr as usize;
         // Grown and freed on another thread, as a delivered message is freed.
