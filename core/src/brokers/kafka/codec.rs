@@ -4,15 +4,17 @@
 
 use rdkafka::Timestamp;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::BaseRecord;
 
+use super::producer::{Record, Ticket};
 use crate::message::{Message, now_ms};
 use crate::wire::{
     HEADER_ATTEMPT, HEADER_CONTENT_TYPE, HEADER_ID, parse_attempt, sniff_content_type,
 };
 
-/// The record for `message`; it borrows the message's topic, key and payload.
-pub(super) fn to_record(message: &Message, attempt: u32) -> FutureRecord<'_, str, [u8]> {
+/// The record for `message`, its report going to `ticket`; it borrows the message's topic, key
+/// and payload.
+pub(super) fn to_record(message: &Message, attempt: u32, ticket: Box<Ticket>) -> Record<'_> {
     let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 3)
         .insert(Header {
             key: HEADER_ID,
@@ -36,7 +38,7 @@ pub(super) fn to_record(message: &Message, attempt: u32) -> FutureRecord<'_, str
             value: Some(value.as_bytes()),
         });
     }
-    let mut record = FutureRecord::to(&message.topic)
+    let mut record = BaseRecord::with_opaque_to(&message.topic, ticket)
         .payload(&message.payload[..])
         .headers(headers)
         .timestamp(message.timestamp_ms);

@@ -18,13 +18,13 @@ use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers as _;
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::KafkaProducer;
 use super::client_errors::ErrorReports;
 use super::codec::from_record;
 use super::offsets::{OffsetTracker, TopicPartition};
+use super::producer::KafkaProducer;
 use super::retry::{self, Origin};
 use super::settings::KafkaSettings;
 use crate::broker::{StartPosition, SubscriptionSpec};
@@ -723,6 +723,10 @@ fn is_fatal(err: &KafkaError) -> bool {
 /// (the failover broker, retrying publishers) can tell an outage from a refusal.
 pub(super) fn kafka_error(err: KafkaError) -> Error {
     use rdkafka::types::RDKafkaErrorCode as Code;
+    if matches!(err, KafkaError::Canceled) {
+        // A report that never came: the producer went away with the message.
+        return Error::Closed("kafka producer");
+    }
     match err.rdkafka_error_code() {
         Some(
             Code::BrokerTransportFailure
@@ -771,21 +775,12 @@ impl KafkaAcker {
         });
         let topic = &self.shared.retry_topic;
         let attempt = self.attempt.saturating_add(1);
-        let future = loop {
-            let record = retry::retry_record(message, attempt, topic, due_ms, origin);
-            match self.shared.producer.send_result(record) {
-                Ok(future) => break future,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((err, _)) => return Err(kafka_error(err)),
-            }
-        };
-        match future.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((err, _))) => Err(kafka_error(err)),
-            Err(_) => Err(Error::Closed("kafka producer")),
-        }
+        let delivered = self
+            .shared
+            .producer
+            .deliver(|ticket| retry::retry_record(message, attempt, topic, due_ms, origin, ticket))
+            .await;
+        delivered.map(drop).map_err(kafka_error)
     }
 
     fn apply(self, outcome: Settlement, message: Message) {

@@ -55,6 +55,7 @@ mod client_errors;
 mod codec;
 mod consumer;
 mod offsets;
+mod producer;
 mod retry;
 mod settings;
 
@@ -64,15 +65,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::FutureExt;
-use futures::channel::oneshot::Canceled;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 
 use self::client_errors::ClientReports;
 use self::consumer::kafka_error;
+use self::producer::{Delivered, Deliveries, KafkaProducer};
 use self::settings::KafkaSettings;
 use crate::broker::{
     BlockingPublish, Broker, PublishReceipt, Publisher, Subscriber, SubscriptionSpec,
@@ -82,9 +80,6 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::subscription::Subscription;
-
-/// The producer, with Polybus' error reports.
-type KafkaProducer = FutureProducer<ClientReports>;
 
 const CAPABILITIES: Capabilities = Capabilities {
     persistent: true,
@@ -144,8 +139,7 @@ impl KafkaBroker {
             target: target.clone(),
             reason: err.to_string(),
         };
-        let producer: KafkaProducer = producer_config
-            .create_with_context(ClientReports::new("producer"))
+        let producer = KafkaProducer::new(&producer_config, ClientReports::new("producer"))
             .map_err(unreachable)?;
         let admin = settings
             .common
@@ -240,42 +234,22 @@ impl KafkaBroker {
         }
     }
 
-    /// Queues one message; the future resolves with the broker's acknowledgement.
-    async fn enqueue(&self, message: &Message) -> Result<DeliveryFuture> {
-        loop {
-            match self
-                .inner
-                .producer
-                .send_result(codec::to_record(message, 1))
-            {
-                Ok(future) => return Ok(future),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // The local queue is full: give librdkafka a moment to drain it.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((err, _)) => return Err(kafka_error(err)),
-            }
-        }
+    /// Queues `message` as `slot` of `deliveries`; a message that cannot be queued gets its
+    /// error there.
+    async fn enqueue(&self, message: &Message, deliveries: &Arc<Deliveries>, slot: usize) {
+        let record = codec::to_record(message, 1, deliveries.ticket(slot));
+        // A record that cannot be queued gets its error in its slot.
+        let _ = self.inner.producer.send(record).await;
     }
 
-    async fn receipt(id: String, future: DeliveryFuture) -> Result<PublishReceipt> {
-        Self::receipt_of(id, future.await)
-    }
-
-    fn receipt_of(
-        id: String,
-        delivered: std::result::Result<OwnedDeliveryResult, Canceled>,
-    ) -> Result<PublishReceipt> {
-        match delivered {
-            Ok(Ok(delivery)) => Ok(PublishReceipt {
-                id,
-                partition: Some(delivery.partition),
-                offset: Some(delivery.offset),
-                ..Default::default()
-            }),
-            Ok(Err((err, _))) => Err(kafka_error(err)),
-            Err(_) => Err(Error::Closed("kafka producer")),
-        }
+    fn receipt(id: String, delivered: Delivered) -> Result<PublishReceipt> {
+        let (partition, offset) = delivered.map_err(kafka_error)?;
+        Ok(PublishReceipt {
+            id,
+            partition: Some(partition),
+            offset: Some(offset),
+            ..Default::default()
+        })
     }
 
     /// True when `topic` needs no creating first: known to exist, or topics are not created.
@@ -289,27 +263,32 @@ impl KafkaBroker {
                 .contains(topic)
     }
 
-    /// Queues one message on the calling thread, waiting (by sleeps of 5 ms) while librdkafka's
-    /// local queue is full; still full at `deadline`, it is `None`.
+    /// Queues `message` as `slot` of `deliveries` on the calling thread, waiting (by sleeps
+    /// of 5 ms) while librdkafka's local queue is full; still full at `deadline`, it is false
+    /// (and the slot reads as cancelled). A message that cannot be queued gets its error in its
+    /// slot.
     fn enqueue_blocking(
         &self,
         message: &Message,
+        deliveries: &Arc<Deliveries>,
+        slot: usize,
         deadline: Instant,
-    ) -> Option<Result<DeliveryFuture>> {
+    ) -> bool {
+        let mut record = codec::to_record(message, 1, deliveries.ticket(slot));
         loop {
-            match self
-                .inner
-                .producer
-                .send_result(codec::to_record(message, 1))
-            {
-                Ok(future) => return Some(Ok(future)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            match self.inner.producer.try_send(record) {
+                Ok(()) => return true,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     if Instant::now() >= deadline {
-                        return None;
+                        return false;
                     }
+                    record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((err, _)) => return Some(Err(kafka_error(err))),
+                Err((err, refused)) => {
+                    refused.delivery_opaque.settle(Err(err));
+                    return true;
+                }
             }
         }
     }
@@ -355,8 +334,12 @@ impl Publisher for KafkaBroker {
         message.validate()?;
         self.ensure_topics(std::slice::from_ref(&message.topic))
             .await?;
-        let future = self.enqueue(&message).await?;
-        Self::receipt(message.id, future).await
+        let delivered = self
+            .inner
+            .producer
+            .deliver(|ticket| codec::to_record(&message, 1, ticket))
+            .await;
+        Self::receipt(message.id, delivered)
     }
 
     /// Queues the message and flushes on the calling thread in slices of [`FLUSH_SLICE`],
@@ -374,13 +357,15 @@ impl Publisher for KafkaBroker {
         }
         let timeout = timeout.min(self.inner.delivery_timeout);
         let deadline = Instant::now() + timeout;
-        let mut future = match self.enqueue_blocking(&message, deadline) {
-            Some(Ok(future)) => future,
-            Some(Err(err)) => return BlockingPublish::Done(Err(err)),
-            None => return BlockingPublish::Done(Err(self.publish_timed_out(timeout))),
-        };
-        let rk = self.inner.producer.client().native_ptr();
+        let deliveries = Deliveries::new(1);
+        if !self.enqueue_blocking(&message, &deliveries, 0, deadline) {
+            return BlockingPublish::Done(Err(self.publish_timed_out(timeout)));
+        }
+        let rk = self.inner.producer.native_ptr();
         loop {
+            if deliveries.is_done() {
+                return BlockingPublish::Done(Self::receipt(message.id, deliveries.outcome(0)));
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 // Still queued: it may be delivered later (the caller may publish it again:
@@ -389,18 +374,15 @@ impl Publisher for KafkaBroker {
             }
             let slice = remaining.min(FLUSH_SLICE);
             let millis = i32::try_from(slice.as_millis().max(1)).unwrap_or(i32::MAX);
-            let started = Instant::now();
             // SAFETY: `rk` is the producer's own handle, alive as long as `self`; librdkafka
-            // allows a flush from any thread. It only waits (and sends at once while it does).
+            // allows a flush from any thread. It only waits (and sends at once while it does)
+            // until every message queued was reported, which the producer's serving thread
+            // does. It comes back early only when ours was reported too.
             unsafe { rdkafka::bindings::rd_kafka_flush(rk, millis) };
-            // The producer's poll thread completes the future when the acknowledgement comes.
-            if let Some(delivered) = (&mut future).now_or_never() {
-                return BlockingPublish::Done(Self::receipt_of(message.id, delivered));
-            }
-            if started.elapsed() < slice {
-                // Back early with ours not done: the poll thread is still handing out
-                // acknowledgements. Let it, rather than flushing again at once.
-                std::thread::sleep(Duration::from_micros(50));
+            if !deliveries.is_done() {
+                // A task waiting for other deliveries may have been asked to serve ours, and
+                // not got to it: serve here.
+                self.inner.producer.serve();
             }
         }
     }
@@ -422,28 +404,35 @@ impl Publisher for KafkaBroker {
         }
         let topics: Vec<String> = topics.into_iter().map(str::to_owned).collect();
         let topics_ready = self.ensure_topics(&topics).await;
-        // Queue everything first, then collect the acknowledgements in order: they arrive
-        // while the rest are awaited, so the batch takes as long as its slowest message.
-        let mut pending = Vec::with_capacity(messages.len());
-        for (message, check) in messages.into_iter().zip(checked) {
-            let queued = match (check, &topics_ready) {
+        // Queue everything first, then wait for all reports: they arrive while the rest are
+        // queued, so the batch takes as long as its slowest message.
+        let queued = match &topics_ready {
+            Ok(()) => checked.iter().filter(|c| c.is_ok()).count(),
+            Err(_) => 0,
+        };
+        let deliveries = Deliveries::new(queued);
+        let mut slots = Vec::with_capacity(messages.len());
+        let mut next = 0;
+        for (message, check) in messages.iter().zip(checked) {
+            slots.push(match (check, &topics_ready) {
                 (Err(err), _) => Err(err),
                 (Ok(()), Err(err)) => Err(Error::Broker {
                     backend: "kafka",
                     reason: err.to_string(),
                 }),
-                (Ok(()), Ok(())) => self.enqueue(&message).await,
-            };
-            pending.push((message.id, queued));
-        }
-        let mut receipts = Vec::with_capacity(pending.len());
-        for (id, queued) in pending {
-            receipts.push(match queued {
-                Ok(future) => Self::receipt(id, future).await,
-                Err(err) => Err(err),
+                (Ok(()), Ok(())) => {
+                    self.enqueue(message, &deliveries, next).await;
+                    next += 1;
+                    Ok(next - 1)
+                }
             });
         }
-        receipts
+        self.inner.producer.wait(&deliveries).await;
+        messages
+            .into_iter()
+            .zip(slots)
+            .map(|(message, slot)| Self::receipt(message.id, deliveries.outcome(slot?)))
+            .collect()
     }
 
     async fn flush(&self, timeout: Duration) -> Result<()> {

@@ -13,9 +13,9 @@
 //!   was written, so the retry topic's retention counts from then).
 
 use rdkafka::message::Header;
-use rdkafka::producer::FutureRecord;
 
 use super::codec::to_record;
+use super::producer::{Record, Ticket};
 use crate::message::{Message, now_ms};
 use crate::wire::{
     HEADER_ORIGIN_OFFSET, HEADER_ORIGIN_PARTITION, HEADER_RETRY_DUE, HEADER_TIMESTAMP, HEADER_TOPIC,
@@ -71,15 +71,17 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The copy of `message` to write to `retry_topic`, on delivery `attempt`, due at `due_ms`.
+/// The copy of `message` to write to `retry_topic`, on delivery `attempt`, due at `due_ms`, its
+/// report going to `ticket`.
 pub(super) fn retry_record<'a>(
     message: &'a Message,
     attempt: u32,
     retry_topic: &'a str,
     due_ms: i64,
     origin: Origin,
-) -> FutureRecord<'a, str, [u8]> {
-    let mut record = to_record(message, attempt);
+    ticket: Box<Ticket>,
+) -> Record<'a> {
+    let mut record = to_record(message, attempt, ticket);
     record.topic = retry_topic;
     record.timestamp = Some(now_ms());
     let internal = [
@@ -137,6 +139,7 @@ mod tests {
 
     use super::*;
     use crate::brokers::kafka::codec::from_record;
+    use crate::brokers::kafka::producer::Deliveries;
 
     #[test]
     fn valid_group_names_are_kept() {
@@ -178,7 +181,8 @@ mod tests {
             partition: 3,
             offset: 42,
         };
-        let record = retry_record(&sent, 2, "g.retry", 5_000, origin);
+        let deliveries = Deliveries::new(1);
+        let record = retry_record(&sent, 2, "g.retry", 5_000, origin, deliveries.ticket(0));
         assert_eq!(record.topic, "g.retry");
         assert_ne!(record.timestamp, Some(1_000));
         let headers = record.headers.clone().unwrap();
