@@ -12,6 +12,9 @@
 //! consumer: msgs/s from the first publish to the last message handled, and the end-to-end
 //! latency of every message (its payload starts with its send time). Prints one line,
 //! `BENCH-RESULT {json}`, for the harness in `benches/harness`.
+//!
+//! It allocates with the Python and PHP extensions' allocator
+//! (`polybus::allocator::EngineAllocator`), so it measures the engine as they run it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,9 @@ use polybus_bench::{
     reset_peak_rss, timestamped_payload,
 };
 use serde_json::json;
+
+#[global_allocator]
+static ALLOCATOR: polybus::allocator::EngineAllocator = polybus::allocator::EngineAllocator;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
