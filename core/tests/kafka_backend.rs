@@ -585,3 +585,40 @@ async fn a_blocking_publish_to_a_full_queue_times_out_at_its_bound() {
     );
     broker.close().await.unwrap();
 }
+
+/// A blocking publish on a runtime's own thread, while a task of that runtime waits for a
+/// batch that fills librdkafka's local queue: the task cannot be polled, so the reports it was
+/// woken for are served without it, and the blocking publish gets its room.
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocking_publish_is_not_held_up_by_a_task_its_thread_cannot_poll() {
+    let broker = polybus::connect_url(&format!("{}&queue.buffering.max.messages=20", kafka_url()))
+        .await
+        .unwrap();
+    let topic = unique("blocking-parked");
+    broker
+        .publish(Message::text(&topic, "created"))
+        .await
+        .unwrap();
+    let batch = (0..20)
+        .map(|n| Message::text(&topic, format!("batch {n}")))
+        .collect();
+    let mut batch = Box::pin(broker.publish_batch(batch));
+    assert!(
+        futures::poll!(batch.as_mut()).is_pending(),
+        "the batch is queued and waits for its reports"
+    );
+    // This thread now blocks: the runtime cannot poll the batch.
+    let started = Instant::now();
+    let published =
+        broker.publish_blocking(Message::text(&topic, "blocking"), Duration::from_secs(10));
+    let took = started.elapsed();
+    assert!(
+        matches!(published, BlockingPublish::Done(Ok(_))),
+        "the blocking publish failed after {took:?}: {published:?}"
+    );
+    assert!(took < Duration::from_secs(5), "it took {took:?}");
+    for receipt in batch.await {
+        receipt.unwrap();
+    }
+    broker.close().await.unwrap();
+}

@@ -263,10 +263,10 @@ impl KafkaBroker {
                 .contains(topic)
     }
 
-    /// Queues `message` as `slot` of `deliveries` on the calling thread, waiting (by sleeps
-    /// of 5 ms) while librdkafka's local queue is full; still full at `deadline`, it is false
-    /// (and the slot reads as cancelled). A message that cannot be queued gets its error in its
-    /// slot.
+    /// Queues `message` as `slot` of `deliveries` on the calling thread, serving reports and
+    /// waiting (by sleeps of 5 ms) while librdkafka's local queue is full; still full at
+    /// `deadline`, it is false (and the slot reads as cancelled). A message that cannot be
+    /// queued gets its error in its slot.
     fn enqueue_blocking(
         &self,
         message: &Message,
@@ -275,6 +275,7 @@ impl KafkaBroker {
         deadline: Instant,
     ) -> bool {
         let mut record = codec::to_record(message, 1, deliveries.ticket(slot));
+        let mut served = false;
         loop {
             match self.inner.producer.try_send(record) {
                 Ok(()) => return true,
@@ -283,7 +284,14 @@ impl KafkaBroker {
                         return false;
                     }
                     record = back;
-                    std::thread::sleep(Duration::from_millis(5));
+                    if served {
+                        std::thread::sleep(Duration::from_millis(5));
+                    } else {
+                        // Served reports make room at once (a task meant to serve them may
+                        // not be polled while this thread is here).
+                        self.inner.producer.serve();
+                    }
+                    served = !served;
                 }
                 Err((err, refused)) => {
                     refused.delivery_opaque.settle(Err(err));

@@ -9,11 +9,13 @@
 //! messages:
 //!
 //! - the queue wakes one waiting task when it gets something while empty (librdkafka's queue
-//!   event callback); that task serves everything queued, completing the deliveries of other
-//!   tasks too, which are woken by their own [`Deliveries`];
-//! - while no task waits (blocking publishes, fire-and-forget, client errors between publishes),
-//!   a thread of the producer serves the queue instead, woken the same way: a report is never
-//!   left unserved.
+//!   event callback); that task serves what is queued, completing the deliveries of other tasks
+//!   too, which are woken by their own [`Deliveries`];
+//! - a thread of the producer is woken the same way. While no task waits (blocking publishes,
+//!   fire-and-forget, client errors between publishes) it serves at once; while tasks wait it
+//!   gives them [`GRACE`] and serves only if none did (the task woken may not be polled: a
+//!   future parked after its first poll, a runtime busy elsewhere). A report is never left
+//!   unserved.
 //!
 //! A batch shares one [`Deliveries`] (each message's report lands in its slot), instead of one
 //! channel per message.
@@ -21,11 +23,11 @@
 use std::future::poll_fn;
 use std::os::raw::c_void;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::Poll;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 use rdkafka::ClientConfig;
@@ -46,6 +48,9 @@ pub(super) type Delivered = Result<(i32, i64), KafkaError>;
 /// How long a task waits for room while librdkafka's local queue is full, before it tries
 /// again anyway.
 const ROOM_WAIT: Duration = Duration::from_millis(5);
+
+/// How long the serving thread leaves the queue to the waiting tasks before it serves itself.
+const GRACE: Duration = Duration::from_millis(2);
 
 /// The delivery reports of a batch of messages: one slot per message, and the waker of the
 /// task that waits for them.
@@ -110,8 +115,10 @@ impl Ticket {
 }
 
 impl Drop for Ticket {
-    /// A ticket dropped without its report (a record never queued and not settled, or one
-    /// librdkafka destroyed without a report) still settles its slot: no wait is left hanging.
+    /// A ticket dropped without its report (a record that was never queued and not settled)
+    /// still settles its slot, as cancelled. A message librdkafka destroys without a report
+    /// (the producer dropped with messages still queued) never hands its ticket back: that
+    /// ticket is leaked, and nothing waits for it any more.
     fn drop(&mut self) {
         self.deliveries.settle(self.slot, Err(KafkaError::Canceled));
     }
@@ -136,7 +143,7 @@ struct Signal {
     waiting: AtomicUsize,
     /// Wakes one waiting task.
     tasks: Notify,
-    /// Set when the serving thread should serve, with its condition variable.
+    /// Set when the serving thread should look at the queue, with its condition variable.
     thread_due: Mutex<bool>,
     thread_wake: Condvar,
     stop: AtomicBool,
@@ -144,22 +151,58 @@ struct Signal {
 
 impl Signal {
     fn wake_thread(&self) {
-        *self.thread_due.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.thread_wake.notify_one();
+        let mut due = self.thread_due.lock().unwrap_or_else(|e| e.into_inner());
+        if !*due {
+            *due = true;
+            self.thread_wake.notify_one();
+        }
+    }
+
+    /// Sleeps until the thread is due; false when it should stop instead.
+    fn sleep_until_due(&self) -> bool {
+        let mut due = self.thread_due.lock().unwrap_or_else(|e| e.into_inner());
+        while !*due && !self.stop.load(Ordering::Acquire) {
+            due = self
+                .thread_wake
+                .wait(due)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *due = false;
+        !self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sleeps for `how_long`; false when the thread should stop instead.
+    fn pause(&self, how_long: Duration) -> bool {
+        let deadline = Instant::now() + how_long;
+        let mut due = self.thread_due.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.stop.load(Ordering::Acquire) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            due = self
+                .thread_wake
+                .wait_timeout(due, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        false
     }
 }
 
-/// librdkafka's queue event callback: called on one of its threads, with the queue's lock
-/// held, when the main queue gets an event while empty. Calls no librdkafka function.
+/// librdkafka's queue event callback, called when the main queue gets an event while empty:
+/// on whichever thread queued it (a broker thread with a delivery report, an application
+/// thread in `rd_kafka_producev` with a log line, which rust-rdkafka forwards there), with the
+/// queue's lock held. So it calls no librdkafka function and does nothing that could wait:
+/// it wakes a task (tokio's wakers only schedule) and the serving thread.
 unsafe extern "C" fn on_queued(_client: *mut rdsys::rd_kafka_t, opaque: *mut c_void) {
     // SAFETY: `opaque` is the `Signal` of the `Core` that enabled this callback; `Core::drop`
     // disables it (under the same queue lock) before the `Signal` can go.
     let signal = unsafe { &*(opaque as *const Signal) };
     if signal.waiting.load(Ordering::SeqCst) > 0 {
         signal.tasks.notify_one();
-    } else {
-        signal.wake_thread();
     }
+    signal.wake_thread();
 }
 
 /// The producer's main queue (a reference of its own, released before the producer).
@@ -181,13 +224,17 @@ struct Served {
     // Declared first, so released before the producer is destroyed.
     queue: MainQueue,
     client: BaseProducer<ClientReports>,
+    /// Counts the calls of [`Served::serve`], so the thread can tell whether a task served.
+    rounds: AtomicU64,
 }
 
 impl Served {
-    /// Serves every event on the main queue: delivery reports complete their deliveries,
-    /// client errors are logged.
+    /// Serves the events on the main queue when called (not those that come meanwhile, so a
+    /// busy producer cannot keep the caller here): delivery reports complete their
+    /// deliveries, client errors are logged.
     fn serve(&self) {
-        while self.queued() > 0 {
+        self.rounds.fetch_add(1, Ordering::AcqRel);
+        for _ in 0..self.queued() {
             self.client.poll(Duration::ZERO);
         }
     }
@@ -232,7 +279,11 @@ impl KafkaProducer {
         // SAFETY: the client is valid; the returned reference is released by `MainQueue`.
         let queue =
             MainQueue(unsafe { rdsys::rd_kafka_queue_get_main(client.client().native_ptr()) });
-        let served = Arc::new(Served { queue, client });
+        let served = Arc::new(Served {
+            queue,
+            client,
+            rounds: AtomicU64::new(0),
+        });
         let signal = Arc::new(Signal {
             waiting: AtomicUsize::new(0),
             tasks: Notify::new(),
@@ -336,6 +387,8 @@ impl KafkaProducer {
             let mut notified = pin!(signal.tasks.notified());
             notified.as_mut().enable();
             if self.core.served.queued() > 0 {
+                // More came while serving: let other tasks run before serving again.
+                tokio::task::yield_now().await;
                 continue;
             }
             poll_fn(|cx| {
@@ -365,8 +418,9 @@ impl KafkaProducer {
     }
 }
 
-/// A task inside [`KafkaProducer::wait`]: while there is one, the queue wakes tasks instead of
-/// the serving thread. The last to leave hands what is queued to the thread.
+/// A task inside [`KafkaProducer::wait`]: while there is one, the queue wakes a task first and
+/// the serving thread only steps in after [`GRACE`]. A task that leaves with events queued
+/// hands them on.
 struct Waiting<'a>(&'a Core);
 
 impl<'a> Waiting<'a> {
@@ -378,30 +432,32 @@ impl<'a> Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        // An event queued before this decrement may have notified the tasks (and found none
-        // left to wake); one queued after it wakes the thread. Checking the queue after the
-        // decrement covers the first case.
-        if self.0.signal.waiting.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.served.queued() > 0 {
+        // What is still queued (left by a bounded serve, or queued after this task last
+        // served) may have had its one wake-up spent on this task.
+        let others = self.0.signal.waiting.fetch_sub(1, Ordering::SeqCst) > 1;
+        if self.0.served.queued() > 0 {
+            if others {
+                self.0.signal.tasks.notify_one();
+            }
             self.0.signal.wake_thread();
         }
     }
 }
 
-/// The serving thread: sleeps until the queue gets something while no task waits.
+/// The serving thread: sleeps until the queue gets something; serves it at once while no
+/// task waits, and after [`GRACE`] if no task served meanwhile.
 fn serve_while_idle(served: &Served, signal: &Signal) {
-    loop {
-        {
-            let mut due = signal.thread_due.lock().unwrap_or_else(|e| e.into_inner());
-            while !*due && !signal.stop.load(Ordering::Acquire) {
-                due = signal
-                    .thread_wake
-                    .wait(due)
-                    .unwrap_or_else(|e| e.into_inner());
+    while signal.sleep_until_due() {
+        if signal.waiting.load(Ordering::SeqCst) > 0 {
+            // A round that starts after this read started after the event that woke the
+            // thread was queued, so it serves that event.
+            let rounds = served.rounds.load(Ordering::Acquire);
+            if !signal.pause(GRACE) {
+                return;
             }
-            *due = false;
-        }
-        if signal.stop.load(Ordering::Acquire) {
-            return;
+            if served.rounds.load(Ordering::Acquire) != rounds {
+                continue;
+            }
         }
         served.serve();
     }
@@ -412,7 +468,6 @@ fn serve_while_idle(served: &Served, signal: &Signal) {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::time::Instant;
 
     use super::*;
 
@@ -491,6 +546,29 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_delivered(&deliveries, 100);
+    }
+
+    /// The task a report wakes may never be polled again (a future parked after its first
+    /// poll): the serving thread steps in, and the others get their reports.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_task_that_is_not_polled_holds_up_no_one() {
+        let producer = producer(&[("linger.ms", "50")]);
+        let topic = topic("parked");
+        let parked = queue(&producer, &topic, 10);
+        let mut parked_wait = Box::pin(producer.wait(&parked));
+        assert!(futures::poll!(parked_wait.as_mut()).is_pending());
+        for _ in 0..20 {
+            let delivered = tokio::time::timeout(
+                WAIT,
+                producer.deliver(|ticket| record(&topic, b"hello", ticket)),
+            )
+            .await
+            .expect("a report went to the parked task and stayed there");
+            delivered.unwrap();
+        }
+        assert_delivered(&parked, 10);
+        drop(parked_wait);
+        assert_eq!(producer.core.signal.waiting.load(Ordering::SeqCst), 0);
     }
 
     /// One task on a single thread: it must make the room itself, by serving the reports.

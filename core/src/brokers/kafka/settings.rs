@@ -72,6 +72,12 @@ impl KafkaSettings {
         for (key, value) in &config.properties {
             match key.strip_prefix(OWN_PREFIX) {
                 Some(own) => settings.apply_own(own, value)?,
+                None if key == "delivery.report.only.error" && value != "false" => {
+                    return Err(Error::config(
+                        format!("query parameter `{key}`"),
+                        "a publish waits for its message's delivery report, so every message needs one: only false is accepted",
+                    ));
+                }
                 None => {
                     settings.common.set(key, value);
                 }
@@ -200,6 +206,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("polybus.nope"), "{err}");
+    }
+
+    #[test]
+    fn every_delivery_must_be_reported() {
+        let err = settings("kafka://k?delivery.report.only.error=true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.report.only.error"), "{err}");
+        let s = settings("kafka://k?delivery.report.only.error=false").unwrap();
+        assert_eq!(
+            s.producer().get("delivery.report.only.error"),
+            Some("false")
+        );
     }
 
     #[test]
