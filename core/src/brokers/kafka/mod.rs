@@ -263,44 +263,6 @@ impl KafkaBroker {
                 .contains(topic)
     }
 
-    /// Queues `message` as `slot` of `deliveries` on the calling thread, serving reports and
-    /// waiting (by sleeps of 5 ms) while librdkafka's local queue is full; still full at
-    /// `deadline`, it is false (and the slot reads as cancelled). A message that cannot be
-    /// queued gets its error in its slot.
-    fn enqueue_blocking(
-        &self,
-        message: &Message,
-        deliveries: &Arc<Deliveries>,
-        slot: usize,
-        deadline: Instant,
-    ) -> bool {
-        let mut record = codec::to_record(message, 1, deliveries.ticket(slot));
-        let mut served = false;
-        loop {
-            match self.inner.producer.try_send(record) {
-                Ok(()) => return true,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    record = back;
-                    if served {
-                        std::thread::sleep(Duration::from_millis(5));
-                    } else {
-                        // Served reports make room at once (a task meant to serve them may
-                        // not be polled while this thread is here).
-                        self.inner.producer.serve();
-                    }
-                    served = !served;
-                }
-                Err((err, refused)) => {
-                    refused.delivery_opaque.settle(Err(err));
-                    return true;
-                }
-            }
-        }
-    }
-
     fn publish_timed_out(&self, after: Duration) -> Error {
         Error::Timeout {
             operation: format!("a publish to {}", self.inner.target),
@@ -366,7 +328,8 @@ impl Publisher for KafkaBroker {
         let timeout = timeout.min(self.inner.delivery_timeout);
         let deadline = Instant::now() + timeout;
         let deliveries = Deliveries::new(1);
-        if !self.enqueue_blocking(&message, &deliveries, 0, deadline) {
+        let record = codec::to_record(&message, 1, deliveries.ticket(0));
+        if !self.inner.producer.send_blocking(record, deadline) {
             return BlockingPublish::Done(Err(self.publish_timed_out(timeout)));
         }
         let rk = self.inner.producer.native_ptr();
@@ -429,9 +392,10 @@ impl Publisher for KafkaBroker {
                     reason: err.to_string(),
                 }),
                 (Ok(()), Ok(())) => {
-                    self.enqueue(message, &deliveries, next).await;
+                    let slot = next;
                     next += 1;
-                    Ok(next - 1)
+                    self.enqueue(message, &deliveries, slot).await;
+                    Ok(slot)
                 }
             });
         }

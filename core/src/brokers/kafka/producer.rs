@@ -324,10 +324,19 @@ impl KafkaProducer {
         self.core.served.client.client().native_ptr()
     }
 
-    /// Queues `record` without waiting; a full local queue hands it back.
-    #[allow(clippy::result_large_err)]
-    pub(super) fn try_send<'a>(&self, record: Record<'a>) -> Result<(), (KafkaError, Record<'a>)> {
-        self.core.served.client.send(record)
+    /// Queues `record` without waiting. A record librdkafka refuses gets the error in its
+    /// ticket's slot.
+    fn try_send<'a>(&self, record: Record<'a>) -> Attempt<'a> {
+        match self.core.served.client.send(record) {
+            Ok(()) => Attempt::Queued,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Attempt::Full(back)
+            }
+            Err((err, refused)) => {
+                refused.delivery_opaque.settle(Err(err.clone()));
+                Attempt::Refused(err)
+            }
+        }
     }
 
     /// Queues `record`; while librdkafka's local queue is full, serves reports and waits for
@@ -335,14 +344,36 @@ impl KafkaProducer {
     pub(super) async fn send(&self, mut record: Record<'_>) -> Result<(), KafkaError> {
         loop {
             match self.try_send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Attempt::Queued => return Ok(()),
+                Attempt::Full(back) => {
                     record = back;
                     self.wait_for_room().await;
                 }
-                Err((err, refused)) => {
-                    refused.delivery_opaque.settle(Err(err.clone()));
-                    return Err(err);
+                Attempt::Refused(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Queues `record` on the calling thread; while librdkafka's local queue is full, serves
+    /// reports and sleeps [`ROOM_WAIT`] at a time. False when it is still full at `deadline`
+    /// (the record is dropped, its slot reads as cancelled). A record that cannot be queued
+    /// gets the error in its ticket's slot.
+    pub(super) fn send_blocking(&self, mut record: Record<'_>, deadline: Instant) -> bool {
+        let mut served = false;
+        loop {
+            match self.try_send(record) {
+                Attempt::Queued | Attempt::Refused(_) => return true,
+                Attempt::Full(_) if Instant::now() >= deadline => return false,
+                Attempt::Full(back) => {
+                    record = back;
+                    if served {
+                        std::thread::sleep(ROOM_WAIT);
+                    } else {
+                        // Served reports make room at once (a task meant to serve them may
+                        // not be polled while this thread is here).
+                        self.serve();
+                    }
+                    served = !served;
                 }
             }
         }
@@ -416,6 +447,15 @@ impl KafkaProducer {
     pub(super) fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.core.served.client.flush(timeout)
     }
+}
+
+/// What became of one attempt to queue a record.
+enum Attempt<'a> {
+    Queued,
+    /// librdkafka's local queue is full: the record, to try again.
+    Full(Record<'a>),
+    /// Refused for good; the error is in the record's slot too.
+    Refused(KafkaError),
 }
 
 /// A task inside [`KafkaProducer::wait`]: while there is one, the queue wakes a task first and
@@ -499,7 +539,10 @@ mod tests {
         let deliveries = Deliveries::new(count);
         for slot in 0..count {
             let sent = producer.try_send(record(topic, b"hello", deliveries.ticket(slot)));
-            assert!(sent.is_ok(), "record {slot} was not queued");
+            assert!(
+                matches!(sent, Attempt::Queued),
+                "record {slot} was not queued"
+            );
         }
         deliveries
     }
