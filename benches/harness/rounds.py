@@ -70,6 +70,7 @@ def combine(records: Sequence[Record]) -> Record:
             "p99_ms": r.value("p99_ms"),
             "status": r.status,
             "reason": r.reason,
+            "stderr_tail": r.stderr_tail,
         }
         for r in records
     ]

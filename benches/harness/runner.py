@@ -39,6 +39,8 @@ class Record:
     topic: str
     status: str = "ok"  # ok | failed
     reason: Optional[str] = None
+    # The end of a failed run's stderr (helpers' too: they share it), for the JSON results.
+    stderr_tail: Optional[str] = None
     result: dict[str, Any] = field(default_factory=dict)
     process: dict[str, Any] = field(default_factory=dict)
     loadavg_before: Optional[float] = None
@@ -170,6 +172,7 @@ def _measure(cmd: Command, timeout: float, record: Record) -> None:
     }
     if timed_out:
         record.status, record.reason = "failed", f"timed out after {timeout:.0f}s"
+        record.stderr_tail = _tail(stderr)
         return
     try:
         record.result = parse(cmd.parser, stdout)
@@ -177,9 +180,17 @@ def _measure(cmd: Command, timeout: float, record: Record) -> None:
         record.status = "failed"
         tail = _last_line(stderr) or _last_line(stdout) or "no output"
         record.reason = f"exit status {status}: {tail}" if status else f"{problem}: {tail}"
+        record.stderr_tail = _tail(stderr)
         return
     if status != 0:
         record.status, record.reason = "failed", f"exit status {status}: {_last_line(stderr)}"
+        record.stderr_tail = _tail(stderr)
+
+
+def _tail(text: str, limit: int = 4000) -> Optional[str]:
+    """The end of a failed run's output, where its error (and a helper's) is."""
+    text = text.strip()
+    return text[-limit:] if text else None
 
 
 def _last_line(text: str) -> str:
