@@ -172,18 +172,18 @@ def _measure(cmd: Command, timeout: float, record: Record) -> None:
     }
     if timed_out:
         record.status, record.reason = "failed", f"timed out after {timeout:.0f}s"
-        record.stderr_tail = _tail(stderr)
-        return
-    try:
-        record.result = parse(cmd.parser, stdout)
-    except ValueError as problem:
-        record.status = "failed"
-        tail = _last_line(stderr) or _last_line(stdout) or "no output"
-        record.reason = f"exit status {status}: {tail}" if status else f"{problem}: {tail}"
-        record.stderr_tail = _tail(stderr)
-        return
-    if status != 0:
-        record.status, record.reason = "failed", f"exit status {status}: {_last_line(stderr)}"
+    else:
+        try:
+            record.result = parse(cmd.parser, stdout)
+        except ValueError as problem:
+            record.status = "failed"
+            tail = _last_line(stderr) or _last_line(stdout) or "no output"
+            record.reason = f"exit status {status}: {tail}" if status else f"{problem}: {tail}"
+        else:
+            if status != 0:
+                record.status = "failed"
+                record.reason = f"exit status {status}: {_last_line(stderr)}"
+    if record.status == "failed":
         record.stderr_tail = _tail(stderr)
 
 

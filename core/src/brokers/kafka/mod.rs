@@ -238,7 +238,6 @@ impl KafkaBroker {
     /// error there.
     async fn enqueue(&self, message: &Message, deliveries: &Arc<Deliveries>, slot: usize) {
         let record = codec::to_record(message, 1, deliveries.ticket(slot));
-        // A record that cannot be queued gets its error in its slot.
         let _ = self.inner.producer.send(record).await;
     }
 
@@ -399,6 +398,7 @@ impl Publisher for KafkaBroker {
                 }
             });
         }
+        debug_assert_eq!(next, queued, "every slot of the deliveries is queued");
         self.inner.producer.wait(&deliveries).await;
         messages
             .into_iter()

@@ -133,7 +133,7 @@ impl ProducerContext for ClientReports {
             Ok(message) => Ok((message.partition(), message.offset())),
             Err((err, _)) => Err(err.clone()),
         };
-        ticket.deliveries.settle(ticket.slot, outcome);
+        ticket.settle(outcome);
     }
 }
 
